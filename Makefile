@@ -1,0 +1,49 @@
+# The book's two commands are `make book` and `make test`; both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Tests never touch the network: sources resolve to their documented offline fallbacks.
+TEST_ENV := LLM_BOOK_OFFLINE=1 PYTHONHASHSEED=0
+NBVAL    := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
+
+.PHONY: setup data book test export check-export refresh bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+## Fetch every data source into the cache (online first, offline fallback), so notebooks start warm.
+data: setup
+	$(PY) -m shared.registry
+
+## The main job: execute every notebook in reading order into build/ (committed notebooks are left untouched).
+book: setup
+	$(PY) -m shared.book
+
+## The whole test suite: unit and equivalence tests, the export-sync test, nbval over every notebook.
+test: setup
+	$(TEST_ENV) $(PY) -m shared.registry
+	$(TEST_ENV) $(PY) -m pytest $(NBVAL) $(ARGS)
+
+## Write the notebooks' `#| export` cells into shared/.
+export: setup
+	$(PY) -m shared.export
+
+check-export: setup
+	$(PY) -m shared.export --check
+
+## Re-execute notebooks in place to refresh their committed outputs: make refresh NB=ch01_foundations/03_attention.ipynb
+refresh: setup
+	$(PY) -m shared.export
+	$(TEST_ENV) $(PY) -m shared.book --inplace $(NB)
+
+## Benchmarks print tables; they are not tests.
+bench: setup
+	for b in tests/bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache
