@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from shared.export import ROOT, notebooks
 
@@ -30,7 +31,9 @@ def execute(nb_path: Path, out_path: Path, timeout: int = 900) -> float:
                             resources={"metadata": {"path": str(nb_path.parent)}})
     start = time.perf_counter()
     try:
-        client.execute()
+        # The kernel process's own log (e.g. ipykernel's TCP notice) would break the progress lines; what the
+        # cells print still reaches the notebook through the kernel's messages.
+        client.execute(stderr=subprocess.DEVNULL)
     finally:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_path)
@@ -59,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = execute(nb_path, out, args.timeout)
             results.append((rel, "ok", seconds))
             print(f"ok ({seconds:.0f} s)", flush=True)
-        except CellExecutionError as e:
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
             results.append((rel, "FAILED", float("nan")))
-            print(f"FAILED -- see {out}\n{str(e)[-2000:]}", flush=True)
+            print(f"FAILED ({type(e).__name__}) -- see {out}\n{str(e)[-2000:]}", flush=True)
     failed = [r for r in results if r[1] != "ok"]
     total = sum(s for _, status, s in results if status == "ok")
     print(f"\n{'notebook':60s} {'status':>7s} {'seconds':>8s}")
