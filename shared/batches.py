@@ -68,19 +68,26 @@ def write_shard(path: str | Path, tokens, *, vocab_size: int, tokenizer: str, **
     return meta
 
 
+def _read_versioned_json(path: Path, fmt: str, kind: str, label, missing: str) -> dict:
+    """Read one of our JSON files; ShardError with `missing` if absent, or if corrupt or of another format."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShardError(missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"{label}: corrupt {kind} ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt or data.get("version") != FORMAT_VERSION:
+        raise ShardError(f"{label}: not an {fmt} version {FORMAT_VERSION} {kind}")
+    return data
+
+
 def read_shard_meta(path: str | Path, verify: bool = False) -> dict:
     """The sidecar of a complete shard; ShardError if the shard is incomplete, corrupt or foreign."""
     path = Path(path)
     sidecar = sidecar_path(path)
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ShardError(f"{path.name}: no sidecar {sidecar.name}, so the shard is incomplete (an interrupted "
-                         f"write); run the preparation again to rewrite it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardError(f"{sidecar.name}: corrupt sidecar ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise ShardError(f"{sidecar.name}: not an {SHARD_FORMAT} version {FORMAT_VERSION} sidecar")
+    meta = _read_versioned_json(sidecar, SHARD_FORMAT, "sidecar", sidecar.name,
+                                f"{path.name}: no sidecar {sidecar.name}, so the shard is incomplete (an "
+                                f"interrupted write); run the preparation again to rewrite it")
     expected = meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize
     size = path.stat().st_size if path.exists() else None
     if size != expected:
@@ -209,16 +216,9 @@ def write_manifest(folder: str | Path, splits: dict[str, list[dict]], **info) ->
 
 def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ShardError(f"{folder}: no {MANIFEST}: the dataset is missing or its preparation did not finish "
-                         f"(run prepare_data.py again; it resumes)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardError(f"{path}: corrupt manifest ({e})") from None
-    if manifest.get("format") != DATASET_FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise ShardError(f"{path}: not an {DATASET_FORMAT} version {FORMAT_VERSION} manifest")
-    return manifest
+    return _read_versioned_json(path, DATASET_FORMAT, "manifest", path,
+                                f"{folder}: no {MANIFEST}: the dataset is missing or its preparation did not "
+                                f"finish (run prepare_data.py again; it resumes)")
 
 
 def open_split(folder: str | Path, split: str, verify: bool = False) -> list[np.memmap]:
