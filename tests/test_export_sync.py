@@ -8,8 +8,9 @@ from shared import export
 
 def test_shared_is_in_sync_with_notebooks(tmp_path):
     # Export into a temporary folder and compare file by file with what is committed.
-    written = {p.name: p.read_text(encoding="utf-8") for p in export.export(lib=tmp_path)}
-    committed = {f"{name}.py": text for name, text in export.generated_modules().items()}
+    written = {p.relative_to(tmp_path).as_posix(): p.read_text(encoding="utf-8") for p in export.export(lib=tmp_path)}
+    committed = {export.module_path(tmp_path, name).relative_to(tmp_path).as_posix(): text
+                 for name, text in export.generated_modules().items()}
     assert written.keys() == committed.keys(), "run `make export`: generated modules differ from the notebooks'"
     for name in written:
         assert written[name] == committed[name], f"shared/{name} drifted from its notebook: run `make export`"
@@ -41,6 +42,7 @@ def test_exporter_on_a_toy_book(tmp_path):
     assert toy.startswith(export.GENERATED_MARK) and "ch09_toy/01_a.ipynb, ch09_toy/02_b.ipynb" in toy
     assert toy.index("def f") < toy.index("def g") and "print(f(1))" not in toy
     assert "Y = 2" in (lib / "other.py").read_text(encoding="utf-8")
+    assert export.generated_modules(lib).keys() == {"toy", "other"}
     namespace = {}
     exec(toy, namespace)
     assert namespace["g"](namespace["f"](1)) == 4
@@ -55,3 +57,18 @@ def test_export_cell_without_module_is_an_error(tmp_path):
     (chapter / "01_a.ipynb").write_text(json.dumps(_notebook(["#| export\nX = 1"])), encoding="utf-8")
     with pytest.raises(SystemExit, match="default_exp"):
         export.collect(root=tmp_path)
+
+
+def test_dotted_module_goes_into_a_subpackage(tmp_path):
+    chapter = tmp_path / "ch09_toy"
+    chapter.mkdir()
+    (chapter / "01_a.ipynb").write_text(json.dumps(_notebook(
+        ["#| default_exp family.member", "#| export\nZ = 3", "#| export family.other\nW = 4"])), encoding="utf-8")
+    lib = tmp_path / "shared"
+    export.export(root=tmp_path, lib=lib)
+    assert "Z = 3" in (lib / "family" / "member.py").read_text(encoding="utf-8")
+    assert "W = 4" in (lib / "family" / "other.py").read_text(encoding="utf-8")
+    assert export.generated_modules(lib).keys() == {"family.member", "family.other"}
+    assert any("__init__.py is missing" in p for p in export.drift(root=tmp_path))
+    (lib / "family" / "__init__.py").write_text('"""A family of modules."""\n', encoding="utf-8")
+    assert export.drift(root=tmp_path) == []
