@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# Tests never touch the network: sources resolve to their documented offline fallbacks.
+# Tests never touch the network: the notebooks read pinned sources (the same online and offline), and the offline
+# switches make any remote source fail fast. PYTHONHASHSEED is shared.book.KERNEL_ENV, which `make book` sets too.
 TEST_ENV := LLM_BOOK_OFFLINE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONHASHSEED=0
 NBVAL    := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
@@ -16,9 +17,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-## Fetch every data source into the cache (online first, offline fallback), so notebooks start warm.
+## List the data sources and fetch the pinned ones into the cache, so notebooks start warm (add ARGS=--remote for the rest).
 data: setup
-	$(PY) -m shared.registry
+	$(PY) -m shared.registry $(ARGS)
 
 ## The main job: execute every notebook in reading order into build/ (committed notebooks are left untouched).
 book: setup

@@ -4,7 +4,9 @@
     python -m shared.book ch01                 # only notebooks whose path contains "ch01"
     python -m shared.book --inplace NOTEBOOK   # refresh a notebook's committed outputs (authors only)
 
-The committed notebooks are never rewritten unless --inplace is given.
+The committed notebooks are never rewritten unless --inplace is given. Kernels run with KERNEL_ENV, the settings
+that make outputs reproducible; `make test` sets the same (the Makefile's TEST_ENV, checked by a test), and every
+notebook reads pinned data sources, which are the same online and offline, so `make book` shows what CI checks.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from shared.export import ROOT, notebooks
 
 BUILD = ROOT / "build"
+# Set for every kernel (and by the Makefile's TEST_ENV for nbval): str hashes, hence set and dict orders of strings,
+# are the same in every run.
+KERNEL_ENV = {"PYTHONHASHSEED": "0"}
 
 
 def execute(nb_path: Path, out_path: Path, timeout: int = 900) -> float:
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (default 900)")
     args = parser.parse_args(argv)
 
+    os.environ.update(KERNEL_ENV)          # kernels inherit this process's environment
     # The kernel must be this environment's Python, whatever `python3` is on PATH.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     chosen = [p for p in notebooks() if not args.select or any(s in p.as_posix() for s in args.select)]
