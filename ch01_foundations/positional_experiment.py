@@ -21,11 +21,15 @@ import torch
 from shared.device import pick_device
 from shared.pe_experiment import ENCODINGS, ExperimentConfig, format_table, load_char_data, run_experiment, save_results
 from shared.plotting import use_book_style
+from shared.registry import SourceUnavailable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    parser.add_argument("--source", default="shakespeare",
+                        help='registry source of text: "shakespeare" (pinned, the notebook\'s data; default) or '
+                             '"tiny_shakespeare" (online)')
     parser.add_argument("--encodings", nargs="+", choices=ENCODINGS, default=list(ENCODINGS),
                         help="positional encodings to compare (default: all four)")
     parser.add_argument("--train-context", "--context", type=int, default=64,
@@ -50,13 +54,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = pick_device(args.device)
+    if args.train_chars < 0:
+        raise SystemExit(f"error: --train-chars must be 0 (all) or positive, got {args.train_chars}")
+    try:               # bad values get one line naming the flag, before any data is read or any step is taken
+        device = pick_device(args.device)
+        cfg = ExperimentConfig(encodings=tuple(args.encodings), train_context=args.train_context,
+                               eval_contexts=tuple(args.eval_contexts), steps=args.steps, width=args.width,
+                               layers=args.layers, heads=args.heads, batch_size=args.batch_size, lr=args.lr,
+                               seed=args.seed, eval_tokens=args.eval_tokens)
+    except (ValueError, RuntimeError) as e:
+        message = str(e)
+        for field in ("train_context", "batch_size", "eval_tokens", "steps", "width", "layers", "heads", "lr"):
+            message = message.replace(field, "--" + field.replace("_", "-"))
+        raise SystemExit(f"error: {message}") from None
     torch.manual_seed(args.seed)
-    cfg = ExperimentConfig(encodings=tuple(args.encodings), train_context=args.train_context,
-                           eval_contexts=tuple(args.eval_contexts), steps=args.steps, width=args.width,
-                           layers=args.layers, heads=args.heads, batch_size=args.batch_size, lr=args.lr,
-                           seed=args.seed, eval_tokens=args.eval_tokens)
-    data = load_char_data(max_train_chars=args.train_chars or None)
+    try:
+        data = load_char_data(args.source, max_train_chars=args.train_chars or None)
+    except (KeyError, SourceUnavailable) as e:
+        raise SystemExit(f"error: --source: {e}") from None
     print(f"data: {data.description}; {len(data.train):,} train / {len(data.val):,} val characters, "
           f"vocabulary {len(data.vocab)}")
     print(f"device: {device}; config: {cfg}")

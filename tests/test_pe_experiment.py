@@ -17,6 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "ch01_foundations" / "positional_experiment.py"
 
 
+def _script_main():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("positional_experiment", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 def _toy_data(n=4000, vocab=12):
     g = torch.Generator().manual_seed(0)
     return CharData(torch.randint(vocab, (n,), generator=g), torch.randint(vocab, (n // 4,), generator=g),
@@ -127,3 +135,41 @@ def test_script_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "n/a" in result.stdout and "T=32" in result.stdout
     assert (tmp_path / "results.csv").exists() and (tmp_path / "pe_experiment.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train-context", "0"], "--train-context must be a positive integer, got 0"),
+    (["--steps", "-1"], "--steps must be a positive integer, got -1"),
+    (["--heads", "0"], "--heads must be a positive integer, got 0"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),      # used to write NaN results
+    (["--layers", "0"], "--layers must be a positive integer, got 0"),              # used to write NaN results
+    (["--heads", "3"], "must split into 3 --heads"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--source", "nope"], "--source: unknown source 'nope'"),
+])
+def test_script_bad_values_are_one_line_and_write_nothing(args, message, tmp_path, monkeypatch, capsys):
+    main = _script_main()
+    monkeypatch.setenv("LLM_BOOK_OFFLINE", "1")
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--out", str(tmp_path / "out")])
+    assert str(info.value) == f"error: {message}" or message in str(info.value)
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_script_cuda_on_a_machine_without_it_is_one_line(tmp_path, monkeypatch):
+    main = _script_main()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"^error: --device cuda: CUDA is not available on this machine"):
+        main(["--device", "cuda", "--out", str(tmp_path / "out")])
+
+
+def test_one_document_source_is_split_by_position(monkeypatch):
+    """The remote variant (Tiny Shakespeare: one text) gets a validation tail instead of a held-out play."""
+    from shared import registry
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
+    monkeypatch.setitem(registry.REGISTRY, "one_text_fixture", registry.Source(
+        "one_text_fixture", "fixture", (registry.Loader("fixture", False,
+                                                        lambda f: [registry.Document("tinyshakespeare", text)]),)))
+    data = load_char_data("one_text_fixture", max_train_chars=None)
+    assert data.decode(data.train) + data.decode(data.val) == text and len(data.val) == len(text) - int(len(text) * 0.9)
+    assert "first 90% for training" in data.description
