@@ -1,0 +1,164 @@
+"""Sharded data parallelism (shared.parallel.sharded): the memory calculator against hand computations; FSDP2 on
+real ranks (gloo; 2 and 4) against single-process training, with each rank's memory and collectives measured
+against the calculator and the formula; DCP checkpoints that resume bit for bit and load into one process.
+Tolerance for the weights after 4 AdamW steps: 1e-4 (fp32; Adam magnifies rounding in tiny gradients)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.model import GPT, GPTConfig, num_parameters
+from shared.parallel import sharded
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "ch04_distributed" / "fsdp_demo.py"
+SMALL = GPTConfig(vocab_size=512, block_size=32, n_layer=2, n_head=4, n_embd=64)    # fsdp_demo.py's defaults
+TRAIN_TOL = 1e-4
+
+
+def fsdp_demo(nproc: int, out: Path, *args: str) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(DEMO), *args, "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    work = tmp_path_factory.mktemp("fsdp")
+    return work, {
+        "straight": fsdp_demo(2, work / "a.json", "--steps", "4", "--full-state", str(work / "straight.pt")),
+        "first": fsdp_demo(2, work / "b.json", "--steps", "2", "--save", str(work / "ckpt"),
+                           "--full-state", str(work / "after2.pt")),
+        "resumed": fsdp_demo(2, work / "c.json", "--steps", "2", "--resume", str(work / "ckpt"),
+                             "--full-state", str(work / "resumed.pt")),
+        "four": fsdp_demo(4, work / "d.json", "--steps", "4"),
+    }
+
+
+# ---------------------------------------------------------------- FSDP2 and DCP on real ranks
+
+@pytest.mark.parametrize("run", ["straight", "four"])
+def test_fsdp_training_equals_single_process(runs, run):
+    r = runs[1][run]
+    assert r["trained_diff"] <= TRAIN_TOL, r["trained_diff"]
+    assert max(abs(a - b) for a, b in zip(r["losses"], r["reference_losses"])) <= TRAIN_TOL
+    assert r["losses"][-1] < r["losses"][0] - 0.3          # it learns (the batch is memorised)
+
+
+@pytest.mark.parametrize("run", ["straight", "four"])
+def test_measured_memory_per_rank_equals_the_calculator(runs, run):
+    r = runs[1][run]
+    n = r["world_size"]
+    assert r["num_params"] == num_parameters(SMALL)
+    expected = sharded.model_state_bytes(SMALL, "zero3", n, precision="fp32")
+    ddp = sharded.model_state_bytes(SMALL, "ddp", n, precision="fp32")
+    for measured in r["memory_per_rank"]:
+        assert measured == expected
+        assert {k: v * n for k, v in measured.items()} == ddp        # exactly 1/N of a full copy
+
+
+@pytest.mark.parametrize("run", ["straight", "four"])
+def test_collectives_per_step_equal_the_formula(runs, run):
+    r = runs[1][run]
+    comm = r["comm_per_step"]
+    assert comm["calls"] == {"all_gather": 1 + 2 * SMALL.n_layer, "reduce_scatter": 1 + SMALL.n_layer}
+    assert comm["bytes"] == sharded.fsdp_bytes_per_step(SMALL, r["world_size"]) == r["formula"]
+
+
+def test_resume_from_dcp_is_bit_exact(runs):
+    work, r = runs
+    straight, resumed = torch.load(work / "straight.pt"), torch.load(work / "resumed.pt")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert r["resumed"]["losses"] == r["straight"]["losses"][2:]
+    assert sorted(p.name for p in (work / "ckpt").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not (work / "ckpt.partial").exists()
+
+
+def test_dcp_checkpoint_of_two_ranks_loads_into_one_process(runs):
+    work, _ = runs
+    model = sharded.load_unsharded_model(work / "ckpt", SMALL)
+    expected = torch.load(work / "after2.pt")
+    assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
+    assert model.lm_head.weight is model.transformer.wte.weight           # still tied
+
+
+def test_bad_checkpoints_give_one_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a DCP checkpoint"):
+        sharded.load_unsharded_model(tmp_path / "missing", SMALL)
+    (tmp_path / "half.partial").mkdir()                                   # what a killed save leaves
+    with pytest.raises(FileNotFoundError, match="interrupted save"):
+        sharded.load_unsharded_model(tmp_path / "half", SMALL)
+    (tmp_path / "taken").mkdir()
+    model = GPT(SMALL)
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        sharded.save_sharded_checkpoint(tmp_path / "taken", model, torch.optim.AdamW(model.parameters()))
+
+
+# ---------------------------------------------------------------- the calculator, by hand
+
+GPT2 = GPTConfig.from_preset("gpt2")
+PSI = 124_439_808
+
+
+def test_sixteen_bytes_per_parameter_by_hand():
+    assert num_parameters(GPT2) == PSI
+    ddp = sharded.model_state_bytes(GPT2, "ddp", 8)
+    assert ddp == {"weights": 2 * PSI, "gradients": 2 * PSI, "optimizer": 12 * PSI}
+    assert sum(ddp.values()) == 1_991_036_928                            # 16 x 124,439,808
+    assert sum(sharded.model_state_bytes(GPT2, "ddp", 8, precision="fp32").values()) == 16 * PSI
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_zero_stages_divide_what_they_should(n):
+    s = {k: sharded.model_state_bytes(GPT2, k, n) for k in ("ddp", "zero1", "zero2", "zero3")}
+    shard = math.ceil(PSI / n)
+    assert s["zero1"] == {"weights": 2 * PSI, "gradients": 2 * PSI, "optimizer": 12 * shard}
+    assert s["zero2"] == {"weights": 2 * PSI, "gradients": 2 * shard, "optimizer": 12 * shard}
+    assert s["zero3"] == {"weights": 2 * shard, "gradients": 2 * shard, "optimizer": 12 * shard}
+    if n == 1:
+        assert s["zero1"] == s["zero2"] == s["zero3"] == s["ddp"]
+    if n == 8:
+        assert sum(s["zero3"].values()) == 248_879_616                   # 16 x PSI / 8
+
+
+def test_tensor_parallel_and_activation_figures_by_hand():
+    split = 12 * (12 * 768 * 768 + 7 * 768)                              # 84,999,168
+    assert sharded.tensor_parallel_split_parameters(GPT2) == split == 84_999_168
+    assert sum(sharded.model_state_bytes(GPT2, "tp", 4).values()) == 16 * (PSI - split + split // 4)
+    s, b, h, a, L = 1024, 8, 768, 12, 12
+    per_layer_dp = s * b * h * 34 + 5 * a * s * s * b                     # Korthikanti: sbh(34 + 5as/h)
+    assert sharded.activation_bytes(GPT2, "zero3", 8, b, s) == L * per_layer_dp
+    assert sharded.activation_bytes(GPT2, "tp", 4, b, s) == L * (s * b * h * 16 + 5 * a * s * s * b // 4)  # 10 + 24/4
+    assert sharded.activation_bytes(GPT2, "ddp", 8, b, s, checkpoint=True) == L * 2 * s * b * h
+    m = sharded.memory_per_rank(GPT2, "zero2", 8, micro_batch=b, seq_len=s)
+    assert m["total"] == m["weights"] + m["gradients"] + m["optimizer"] + m["activations"]
+
+
+def test_fsdp_byte_formula_by_hand():
+    blocks = 12 * (12 * 768 * 768 + 13 * 768)                            # the blocks' weights, biases and norms
+    assert sharded.fsdp_bytes_per_step(GPT2, 8, bytes_per_value=2) == {
+        "all_gather": (PSI + blocks) * 2 // 8, "reduce_scatter": PSI * 2}
+
+
+def test_calculator_rejects_impossible_input():
+    with pytest.raises(ValueError, match="unknown strategy"):
+        sharded.model_state_bytes(GPT2, "zero4", 8)
+    with pytest.raises(ValueError, match="positive integer"):
+        sharded.model_state_bytes(GPT2, "ddp", 0)
+    with pytest.raises(ValueError, match="n_head divisible by 5"):
+        sharded.memory_per_rank(GPT2, "tp", 5)
+    with pytest.raises(ValueError, match="unknown precision"):
+        sharded.model_state_bytes(GPT2, "ddp", 2, precision="fp8")
+    table = sharded.memory_table({"gpt2": GPT2}, ranks=8)
+    assert table.splitlines()[1].split()[-1] == "-"                      # tp over 8 ranks: 12 heads don't divide
