@@ -3,7 +3,6 @@
 # ---- ch02_data/04_bpe_tokenizer.ipynb
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 from collections import Counter, defaultdict
@@ -11,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import regex
+
+from shared.files import FileFormatError, atomic_write, json_checksum, read_versioned_json
 
 
 # ---- ch02_data/04_bpe_tokenizer.ipynb
@@ -138,7 +139,7 @@ def train_merges(chunk_counts: dict[bytes, int], num_merges: int, progress: bool
 
 
 # ---- ch02_data/04_bpe_tokenizer.ipynb
-class TokenizerFileError(ValueError):
+class TokenizerFileError(FileFormatError):
     """A tokenizer file that is missing, corrupt, of a foreign format or of an unsupported version."""
 
 
@@ -317,7 +318,9 @@ class BPETokenizer:
         return cls(merges, special_tokens=special_tokens or {}, pattern=pattern, base=base, name=name)
 
     def to_tiktoken(self, name: str | None = None):
-        """The same tokenizer as a `tiktoken.Encoding` (Rust, multi-threaded): identical ids, much faster."""
+        """The same tokenizer as a `tiktoken.Encoding` (Rust, multi-threaded), much faster. Identical ids, with one
+        exception: code points that the `regex` package's newer Unicode tables call letters or digits and tiktoken's
+        engine does not (all unassigned in Unicode 14.0; notebook 04, section 4.9) can be split differently."""
         import tiktoken
         ranks = {token: i for i, token in enumerate(self.vocab)}
         if len(ranks) != len(self.vocab):
@@ -336,44 +339,19 @@ class BPETokenizer:
         if len(set(self.vocab)) != len(self.vocab):
             raise ValueError("two merges produce the same bytes; the file format stores merges as bytes and cannot "
                              "tell them apart")
-        payload = self._payload()
-        payload["sha256"] = _checksum(payload)
-        path = Path(path)
-        part = path.with_name(path.name + ".part")
-        part.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-        part.replace(path)
-        return path
+        record = self._payload()
+        record["sha256"] = json_checksum(record)
+        # shared.files' versioned JSON, written compactly: indented, GPT-2's 50,000 merges would be 400,000 lines
+        return atomic_write(path, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | Path) -> "BPETokenizer":
         """Read a file written by `save`; anything else raises TokenizerFileError saying what is wrong."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TokenizerFileError(f"{path}: no such tokenizer file") from None
-        except UnicodeDecodeError:
-            raise TokenizerFileError(f"{path}: not a tokenizer file (not UTF-8 text)") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            if regex.match(r"[A-Za-z0-9+/=]+ \d+\r?\n", text):
-                raise TokenizerFileError(
-                    f"{path}: this is a tiktoken ranks file, not an {FILE_FORMAT} file; load it with "
-                    f"BPETokenizer.from_tiktoken_ranks(tiktoken.load.load_tiktoken_bpe(path))") from None
-            raise TokenizerFileError(f"{path}: not a valid {FILE_FORMAT} file (corrupt or truncated JSON: {e})") \
-                from None
-        if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
-            kind = ("a Hugging Face tokenizers file" if isinstance(data, dict) and "model" in data
-                    else f"format {data.get('format')!r}" if isinstance(data, dict) else "not a JSON object")
-            raise TokenizerFileError(f"{path}: foreign file ({kind}); expected \"format\": \"{FILE_FORMAT}\"")
-        version = data.get("version")
-        if version != FILE_VERSION:
-            raise TokenizerFileError(f"{path}: {FILE_FORMAT} version {version!r} is not supported; this code reads "
-                                     f"version {FILE_VERSION}" + (" (the file is newer: update the code)"
-                                                                  if isinstance(version, int) and version > 1 else ""))
-        if data.get("sha256") != _checksum({k: v for k, v in data.items() if k != "sha256"}):
-            raise TokenizerFileError(f"{path}: checksum mismatch: the file is corrupt or was edited by hand")
+            data = read_versioned_json(path, FILE_FORMAT, FILE_VERSION, kind="tokenizer file")
+        except FileFormatError as e:
+            raise TokenizerFileError(_known_foreign_file(path) or str(e)) from None
         try:
             base = bytes(data["base"])
             vocab = {bytes([b]): i for i, b in enumerate(base)}
@@ -388,9 +366,26 @@ class BPETokenizer:
             raise TokenizerFileError(f"{path}: invalid {FILE_FORMAT} content ({type(e).__name__}: {e})") from None
 
 
-def _checksum(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False,
-                                     separators=(",", ":")).encode("utf-8")).hexdigest()
+def _known_foreign_file(path: Path) -> str | None:
+    """A better message for files people mistake for ours: tiktoken ranks, Hugging Face tokenizers, binary files."""
+    try:
+        head = path.read_bytes()[:4096] if path.is_file() else None
+    except OSError:
+        return None
+    if head is None:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:                 # not a multi-byte character cut at the 4,096-byte mark
+            return f"{path}: not a tokenizer file (not UTF-8 text)"
+        text = head[: e.start].decode("utf-8")
+    if regex.match(r"[A-Za-z0-9+/=]+ \d+\r?\n", text):
+        return (f"{path}: this is a tiktoken ranks file, not an {FILE_FORMAT} file; load it with "
+                f"BPETokenizer.from_tiktoken_ranks(tiktoken.load.load_tiktoken_bpe(path))")
+    if regex.match(r'\s*\{.*"model"\s*:\s*\{', text, flags=regex.S) and f'"{FILE_FORMAT}"' not in text:
+        return f"{path}: a Hugging Face tokenizers file, not an {FILE_FORMAT} file"
+    return None
 
 
 def gpt2_tokenizer() -> BPETokenizer:
