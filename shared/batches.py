@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.files import FileFormatError, atomic_write, is_temporary, read_versioned_json, write_versioned_json
+
 
 # ---- ch02_data/06_batches.ipynb
-class ShardError(ValueError):
+class ShardError(FileFormatError):
     """A shard or dataset folder that is missing, incomplete, corrupt or not ours."""
 
 
@@ -33,16 +35,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name, flush to disk, then rename: readers never see a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
@@ -59,33 +51,28 @@ def write_shard(path: str | Path, tokens, *, vocab_size: int, tokenizer: str, **
         raise ValueError(f"token ids must be in [0, {vocab_size}), got [{tokens.min()}, {tokens.max()}]")
     dtype = token_dtype(vocab_size)
     data = tokens.astype(dtype).tobytes()
-    meta = {"format": SHARD_FORMAT, "version": FORMAT_VERSION, "dtype": dtype.str, "n_tokens": int(tokens.size),
-            "tokenizer": tokenizer, "vocab_size": vocab_size, "sha256": _sha256(data), **extra}
     sidecar = sidecar_path(path)
     sidecar.unlink(missing_ok=True)                      # from here on the shard is visibly incomplete
-    _atomic_write(path, data)
-    _atomic_write(sidecar, json.dumps(meta, indent=1).encode("utf-8"))   # the completion marker, written last
-    return meta
+    atomic_write(path, data)                             # shared/files.py: temporary name, fsync, rename
+    # the completion marker, written last; its "sha256" is the data file's (checksum=False: no JSON checksum)
+    return write_versioned_json(sidecar, SHARD_FORMAT, FORMAT_VERSION, {
+        "dtype": dtype.str, "n_tokens": int(tokens.size), "tokenizer": tokenizer, "vocab_size": vocab_size,
+        "sha256": _sha256(data), **extra}, checksum=False)
 
 
-def _read_versioned_json(path: Path, fmt: str, kind: str, label, missing: str) -> dict:
-    """Read one of our JSON files; ShardError with `missing` if absent, or if corrupt or of another format."""
+def _read_versioned_json(path: Path, fmt: str, kind: str, missing: str) -> dict:
+    """shared.files' reader, with its one-line errors raised as ShardError (`missing` when the file is absent)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ShardError(missing) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardError(f"{label}: corrupt {kind} ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != fmt or data.get("version") != FORMAT_VERSION:
-        raise ShardError(f"{label}: not an {fmt} version {FORMAT_VERSION} {kind}")
-    return data
+        return read_versioned_json(path, fmt, FORMAT_VERSION, kind=kind, checksum=False, missing=missing)
+    except FileFormatError as e:
+        raise ShardError(str(e)) from None
 
 
 def read_shard_meta(path: str | Path, verify: bool = False) -> dict:
     """The sidecar of a complete shard; ShardError if the shard is incomplete, corrupt or foreign."""
     path = Path(path)
     sidecar = sidecar_path(path)
-    meta = _read_versioned_json(sidecar, SHARD_FORMAT, "sidecar", sidecar.name,
+    meta = _read_versioned_json(sidecar, SHARD_FORMAT, "sidecar",
                                 f"{path.name}: no sidecar {sidecar.name}, so the shard is incomplete (an "
                                 f"interrupted write); run the preparation again to rewrite it")
     expected = meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize
@@ -105,18 +92,26 @@ def open_shard(path: str | Path, verify: bool = False) -> np.memmap:
 
 
 # ---- ch02_data/06_batches.ipynb
-def split_documents(ids: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Indices of the train and val documents: the ceil(f*n) documents with the smallest hash of (seed, id) are val."""
+def split_documents(ids: Sequence[str], val_fraction: float, seed: int = 0,
+                    groups: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+    """Indices of the train and val documents: the ceil(f*n) documents with the smallest hash of (seed, id) are val.
+
+    With `groups` (one key per document, e.g. the same key for two editions of a play) whole groups are ranked
+    instead, ceil(f * number of groups) of them go to val, and a group never straddles the split."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if len(set(ids)) != len(ids):
         raise ValueError("document ids must be unique")
-    n_val = int(np.ceil(val_fraction * len(ids)))
-    if val_fraction > 0 and n_val >= len(ids):
-        raise ValueError(f"val_fraction={val_fraction} leaves no training documents out of {len(ids)}")
-    rank = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode("utf-8")).digest())
-    val = set(rank[:n_val])
-    return [i for i in range(len(ids)) if i not in val], sorted(val)
+    keys = list(ids) if groups is None else [str(g) for g in groups]
+    if len(keys) != len(ids):
+        raise ValueError(f"groups has {len(keys)} keys for {len(ids)} documents")
+    ranked = sorted(set(keys), key=lambda k: hashlib.sha256(f"{seed}:{k}".encode("utf-8")).digest())
+    n_val = int(np.ceil(val_fraction * len(ranked)))
+    if val_fraction > 0 and n_val >= len(ranked):
+        unit = "documents" if groups is None else "groups of documents"
+        raise ValueError(f"val_fraction={val_fraction} leaves no training {unit} out of {len(ranked)}")
+    val_keys = set(ranked[:n_val])
+    return [i for i in range(len(ids)) if keys[i] not in val_keys], [i for i in range(len(ids)) if keys[i] in val_keys]
 
 
 # ---- ch02_data/06_batches.ipynb
@@ -157,8 +152,9 @@ def write_token_shards(folder: str | Path, split: str, texts: Sequence[str],
         if meta.get("fingerprint") != fingerprint or meta.get("index") != len(metas):
             break
         metas.append(meta)
-    for stale in folder.glob(f"{split}_*"):                  # 2. anything after them is stale or partial
-        index = stale.name[len(split) + 1:].split(".")[0]    # (.bin, .json and their .tmp files)
+    for stale in [*folder.glob(f"{split}_*"), *folder.glob(f".{split}_*")]:   # 2. anything after them is stale
+        name = stale.name[1:] if is_temporary(stale) else stale.name         # (.bin, .json, an atomic write's
+        index = name[len(split) + 1:].split(".")[0]                           #  leftover temporary file)
         if index.isdigit() and int(index) >= len(metas):
             stale.unlink()
     doc, offset = metas[-1]["end"] if metas else (0, 0)
@@ -206,17 +202,15 @@ MANIFEST = "manifest.json"
 def write_manifest(folder: str | Path, splits: dict[str, list[dict]], **info) -> dict:
     """Mark a dataset folder complete: list every split's shards and totals (written last, atomically)."""
     folder = Path(folder)
-    manifest = {"format": DATASET_FORMAT, "version": FORMAT_VERSION, **info,
-                "splits": {name: {"n_tokens": sum(m["n_tokens"] for m in metas),
+    return write_versioned_json(folder / MANIFEST, DATASET_FORMAT, FORMAT_VERSION, {
+        **info, "splits": {name: {"n_tokens": sum(m["n_tokens"] for m in metas),
                                   "shards": [shard_name(name, m["index"]) for m in metas]}
-                           for name, metas in splits.items()}}
-    _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
-    return manifest
+                           for name, metas in splits.items()}}, checksum=False)
 
 
 def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
-    return _read_versioned_json(path, DATASET_FORMAT, "manifest", path,
+    return _read_versioned_json(path, DATASET_FORMAT, "manifest",
                                 f"{folder}: no {MANIFEST}: the dataset is missing or its preparation did not "
                                 f"finish (run prepare_data.py again; it resumes)")
 

@@ -106,7 +106,7 @@ def test_corrupt_shards_are_detected(tmp_path):
     with pytest.raises(ShardError, match="corrupt sidecar"):
         open_shard(path)
     path.with_suffix(".json").write_text(json.dumps({"format": "other"}), encoding="utf-8")
-    with pytest.raises(ShardError, match="not an llm-book-shard"):
+    with pytest.raises(ShardError, match="not a llm-book-shard sidecar"):
         open_shard(path)
 
 
@@ -128,6 +128,31 @@ def test_split_documents_is_deterministic_disjoint_and_order_free():
         split_documents(["a", "a"], 0.5)
     with pytest.raises(ValueError, match="no training documents"):
         split_documents(["a"], 0.5)
+
+
+def test_split_keeps_a_group_on_one_side():
+    """Two editions of one play must not end up one in train and one in val (a leak across editions)."""
+    ids = [f"play{i}{edition}" for i in range(40) for edition in ("_gut", "_gut_f")]
+    groups = [i[: -len("_gut_f")] if i.endswith("_f") else i[: -len("_gut")] for i in ids]
+    train, val = split_documents(ids, 0.1, seed=0, groups=groups)
+    assert len(val) == 2 * 4 and sorted(train + val) == list(range(80))            # 4 of the 40 plays, both copies
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    assert split_documents(ids, 0.1, groups=ids) == split_documents(ids, 0.1)       # one document per group
+    with pytest.raises(ValueError, match="no training groups"):
+        split_documents(["a_gut", "a_gut_f"], 0.3, groups=["a", "a"])
+    with pytest.raises(ValueError, match="2 keys for 3 documents"):
+        split_documents(["a", "b", "c"], 0.3, groups=["a", "b"])
+
+
+def test_shard_files_are_written_and_read_by_shared_files(tmp_path):
+    from shared import files
+    assert issubclass(ShardError, files.FileFormatError)
+    meta = write_shard(tmp_path / "s_000000.bin", np.arange(10), vocab_size=100, tokenizer="t")
+    assert files.read_versioned_json(tmp_path / "s_000000.json", "llm-book-shard", 1, checksum=False) == meta
+    (tmp_path / ".train_000003.bin.abc.tmp").write_bytes(b"half")                 # an interrupted atomic_write
+    write_token_shards(tmp_path, "train", ["a b c"] * 3, encode_batch=lambda texts: [[1, 2]] * len(texts), eot=0,
+                       vocab_size=10, tokenizer="t", shard_tokens=4, fingerprint="f")
+    assert not any(files.is_temporary(p) for p in tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------- writing a split
@@ -378,3 +403,80 @@ def test_prepare_data_with_cleaning_and_dedup(tmp_path, capsys):
     assert manifest["settings"]["clean"] and manifest["settings"]["dedup"]
     kept = manifest["documents"]["train"] + manifest["documents"]["val"]
     assert 0 < kept < len(load("web_text", verbose=False))          # the cleaning rules removed something
+
+
+# ---------------------------------------------------------------- prepare_data.py: nothing lost, one clear line
+
+
+def test_prepare_data_never_deletes_what_it_did_not_write(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "tokenizer.json").write_text("my own tokenizer", encoding="utf-8")
+    (user / "val_notes.txt").write_text("my notes", encoding="utf-8")
+    for extra in ([], ["--overwrite"]):
+        code, message = _prepare("--max-docs", "3", "--out", user, *extra)
+        assert code != 0 and "val_notes.txt" in message and "nothing was changed" in message
+    assert sorted(_files(user)) == ["tokenizer.json", "val_notes.txt"]
+    (user / "val_notes.txt").unlink()                          # only a file with one of our names, but not ours
+    code, message = _prepare("--max-docs", "3", "--out", user)
+    assert code != 0 and "has no prepare.json" in message and "--overwrite" in message
+    assert (user / "tokenizer.json").read_text(encoding="utf-8") == "my own tokenizer"
+
+
+def test_prepare_data_does_not_replace_a_dataset_without_its_prepare_json(tmp_path):
+    out = tmp_path / "data"
+    assert _prepare("--max-docs", "3", "--out", out)[0] == 0
+    (out / "prepare.json").unlink()                            # e.g. a dataset copied without it
+    before = _files(out)
+    code, message = _prepare("--max-docs", "4", "--out", out)
+    assert code != 0 and "has no prepare.json" in message and _files(out) == before
+    assert _prepare("--max-docs", "4", "--out", out, "--overwrite")[0] == 0       # asked: replaced
+    assert read_manifest(out)["settings"]["documents"] == 4 and (out / "prepare.json").exists()
+
+
+def test_prepare_data_bad_out_source_and_tokenizer_are_one_line(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "sub"):
+        code, message = _prepare("--max-docs", "2", "--out", out)
+        assert code != 0 and message.startswith(f"--out {out}:") and "\n" not in message
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name == "ro":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    code, message = _prepare("--max-docs", "2", "--out", tmp_path / "ro")
+    assert code != 0 and message == f"--out {tmp_path / 'ro'}: cannot write there (Permission denied); choose another folder"
+    code, message = _prepare("--source", "nope", "--out", tmp_path / "x")
+    assert code != 0 and message.startswith("--source: unknown source 'nope';")          # no KeyError quotes
+    code, message = _prepare("--tokenizer", tmp_path, "--out", tmp_path / "y")
+    assert code != 0 and message == f"--tokenizer: {tmp_path}: is a directory, not a tokenizer file"
+
+
+def test_prepare_data_one_document_source_is_one_line(tmp_path, monkeypatch):
+    from shared import registry
+    monkeypatch.setitem(registry.REGISTRY, "one_text_fixture", registry.Source(
+        "one_text_fixture", "fixture", (registry.Loader("fixture", False,
+                                                        lambda f: [registry.Document("tiny", "To be. " * 100)]),)))
+    code, message = _prepare("--source", "one_text_fixture", "--out", tmp_path / "one")
+    assert code != 0 and "leaves no training documents out of 1" in message and "--val-fraction 0" in message
+    assert _prepare("--source", "one_text_fixture", "--val-fraction", "0", "--out", tmp_path / "one")[0] == 0
+
+
+def test_recommended_shakespeare_command_keeps_editions_out_of_validation(tmp_path):
+    """The chapter-3 command of notebook 06: after --dedup at 0.1 no validation play has an edition in training."""
+    from shared.dedup import MinHasher, exact_jaccard_pairs
+    out = tmp_path / "shakespeare"
+    assert _prepare("--source", "shakespeare", "--dedup", "--dedup-threshold", "0.1", "--out", out)[0] == 0
+    manifest = read_manifest(out)
+    assert manifest["settings"]["dedup_threshold"] == 0.1 and manifest["documents"] == {"train": 41, "val": 3}
+    docs = load("shakespeare")
+    hashes, counts = MinHasher(ngram=5).shingle_hashes([d.text for d in docs])
+    pairs, jaccard = exact_jaccard_pairs(hashes, counts)
+    editions = {frozenset((docs[a].id, docs[b].id)) for a, b in pairs[jaccard >= 0.1].tolist()}
+    from shared.dedup import deduplicate_documents
+    kept = deduplicate_documents(docs, threshold=0.1, num_perm=256)
+    train, val = split_documents([d.id for d in kept], 0.05, 0)
+    val_ids, train_ids = {kept[i].id for i in val}, {kept[i].id for i in train}
+    assert not [e for e in editions if e & val_ids and e & train_ids]
