@@ -90,7 +90,7 @@ def test_every_notebook_and_library_module_reads_only_pinned_sources():
     for path in notebooks():
         nb = nbformat.read(path, as_version=4)
         for source in _code(nb):
-            if re.search(r"except .*(SourceUnavailable|KeyError)", source):
+            if re.search(r"except .*(SourceUnavailable|UnknownSource|KeyError)", source):
                 continue                        # a demonstration of the registry's errors (chapter 2, notebook 01)
             remote_branch = re.findall(r'"(\w+)" if REMOTE else "(\w+)"', source)
             for _, pinned in remote_branch:
