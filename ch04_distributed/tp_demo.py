@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import time
 import warnings
@@ -145,6 +146,10 @@ def main(argv=None) -> None:
         raise SystemExit("run me under torchrun: python -m torch.distributed.run --nproc-per-node 2 "
                          "ch04_distributed/tp_demo.py")
     warnings.filterwarnings("ignore", message="Full backward hook")      # from torch's PrepareModuleInput
+    try:                                # an impossible split fails here, in one line, before any rank starts work
+        tp.check_tensor_parallel_degree(model_config(args), int(os.environ["WORLD_SIZE"]))
+    except ValueError as e:
+        raise SystemExit(f"tp_demo.py: {e}") from None
     ctx = init_distributed("cpu", timeout_s=120)
     try:
         result = run(args, ctx)
@@ -158,10 +163,13 @@ def main(argv=None) -> None:
         shutdown_distributed(ctx)
 
 
+def model_config(args) -> GPTConfig:
+    return GPTConfig(vocab_size=args.vocab, block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
+                     n_embd=args.n_embd)
+
+
 def run(args, ctx) -> dict:
-    config = GPTConfig(vocab_size=args.vocab, block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
-                       n_embd=args.n_embd)
-    tp.check_tensor_parallel_degree(config, ctx.world_size)
+    config = model_config(args)
     torch.manual_seed(0)
     reference = GPT(config)                        # the unsharded model, on every rank
     model = split_model(copy.deepcopy(reference), args, ctx)

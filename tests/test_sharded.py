@@ -162,3 +162,25 @@ def test_calculator_rejects_impossible_input():
         sharded.model_state_bytes(GPT2, "ddp", 2, precision="fp8")
     table = sharded.memory_table({"gpt2": GPT2}, ranks=8)
     assert table.splitlines()[1].split()[-1] == "-"                      # tp over 8 ranks: 12 heads don't divide
+
+
+# ---------------------------------------------------------------- DDP, TP and FSDP side by side (compare_demo.py)
+
+def test_ddp_tp_fsdp_bytes_and_memory_equal_the_formulas(tmp_path):
+    out = tmp_path / "compare.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(ROOT / "ch04_distributed" / "compare_demo.py"), "--steps", "1", "--n-layer", "2", "--n-embd", "64",
+           "--vocab", "256", "--seq-len", "16", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    config = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=4, n_embd=64)
+    psi = num_parameters(config)
+    s = r["strategies"]
+    assert s["ddp"]["bytes_per_step"] == {"all_reduce": 4 * psi}                     # every fp32 gradient once
+    assert s["tp"]["bytes_per_step"] == {"all_reduce": 4 * config.n_layer * 8 * 16 * 64 * 4}   # 4L x BTC x 4
+    assert s["fsdp"]["bytes_per_step"] == sharded.fsdp_bytes_per_step(config, 2)
+    for name, calc in (("ddp", "ddp"), ("tp", "tp"), ("fsdp", "zero3")):
+        assert s[name]["memory"] == sharded.model_state_bytes(config, calc, 2, precision="fp32")
+        assert max(abs(a - b) for a, b in zip(s[name]["losses"], s["ddp"]["losses"])) <= TRAIN_TOL
