@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -187,8 +188,8 @@ def measure_forward_backward(config: GPTConfig, forward: ForwardConfig | str, se
 
     Returns saved_bytes (autograd's saved activations, exact and device independent), parameter_cast_bytes
     (autocast's bf16 weight copies), formula_bytes (model_activation_bytes), peak_bytes (CUDA only: the
-    allocator's peak above the weights, torch.cuda.max_memory_allocated) and seconds (best of `repeats`
-    timed steps after one untimed warm-up step). repeats=0 runs only the counted forward pass (no timing).
+    allocator's peak above the weights, torch.cuda.max_memory_allocated) and seconds (the median of `repeats`
+    timed steps after one untimed warm-up step; use 5 or more). repeats=0 runs only the counted forward pass.
     """
     if isinstance(forward, str):
         if forward not in FORWARD_CONFIGS:
@@ -228,7 +229,7 @@ def measure_forward_backward(config: GPTConfig, forward: ForwardConfig | str, se
             times.append(time.perf_counter() - start)
             model.zero_grad(set_to_none=True)
             del loss
-        seconds = min(times)
+        seconds = statistics.median(times)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) - base
     return dict(config=forward.name, seq_len=seq_len, batch=batch, saved_bytes=saved.bytes,
