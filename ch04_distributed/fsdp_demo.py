@@ -1,5 +1,5 @@
-"""Sharded data parallelism on real ranks: our GPT under FSDP2 (`fully_shard`, ZeRO-3), checked against
-single-process training, with its memory per rank and its collectives measured, and a DCP checkpoint
+"""Sharded data parallelism on real ranks: our GPT under FSDP2 (`fully_shard`, ZeRO-3) or notebook 06's ZeRO-1
+from scratch (--strategy zero1), checked against single-process training, with its memory per rank and its collectives measured, and a DCP checkpoint
 (chapter 4, notebook 06).
 
     python -m torch.distributed.run --nproc-per-node 2 ch04_distributed/fsdp_demo.py --steps 5
@@ -34,6 +34,8 @@ from shared.parallel.runtime import init_distributed, launched_by_torchrun, shut
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategy", choices=("fsdp", "zero1"), default="fsdp",
+                        help="fsdp: FSDP2 (ZeRO-3); zero1: notebook 06's ZeRO1AdamW from scratch")
     parser.add_argument("--steps", type=int, default=5, help="AdamW steps")
     parser.add_argument("--batch", type=int, default=8, help="global batch (split across the ranks)")
     parser.add_argument("--seq-len", type=int, default=32)
@@ -48,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.steps, args.batch, args.seq_len) < 1:
         parser.error("--steps, --batch and --seq-len must be positive")
+    if args.strategy == "zero1" and (args.save or args.resume):
+        parser.error("DCP checkpoints (--save, --resume) are for --strategy fsdp")
     return args
 
 
@@ -79,9 +83,14 @@ def run(args, ctx) -> dict:
                        n_embd=args.n_embd)
     torch.manual_seed(0)
     reference = GPT(config)                                   # single-process training, on every rank
-    model = sharded.shard_fsdp(copy.deepcopy(reference))
     opt_ref = torch.optim.AdamW(reference.parameters(), lr=3e-3, weight_decay=0.1)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    zero1 = args.strategy == "zero1"
+    if zero1:       # the whole model on every rank; the optimizer shards its state and does the communication
+        model = copy.deepcopy(reference)
+        opt = sharded.ZeRO1AdamW(model.parameters(), ctx.group, max_grad_norm=0.5, lr=3e-3, weight_decay=0.1)
+    else:
+        model = sharded.shard_fsdp(copy.deepcopy(reference))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     if args.resume:
         sharded.load_sharded_checkpoint(args.resume, model, opt)
     # one global batch of random tokens, trained on repeatedly; rank r takes rows r*b .. (r+1)*b - 1
@@ -103,10 +112,13 @@ def run(args, ctx) -> dict:
         opt.zero_grad(set_to_none=True)
         with CollectiveCounter() as counter:
             _, loss = model(x_local, y_local)
-            loss.backward()                   # reduce-scatter averages the gradients over the ranks
+            loss.backward()                   # FSDP: reduce-scatter averages the gradients over the ranks
+            if zero1:
+                opt.step()                    # reduce-scatter, clip, update the shard, all-gather
         comm = comm or {"calls": dict(counter.calls), "bytes": dict(counter.bytes)}
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)     # DTensor gradients: the global norm
-        opt.step()
+        if not zero1:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)     # DTensor gradients: the global norm
+            opt.step()
         seconds.append(time.perf_counter() - start)
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss, group=ctx.group)
@@ -115,10 +127,12 @@ def run(args, ctx) -> dict:
     measured = sharded.local_state_bytes(model, opt)
     per_rank = [None] * ctx.world_size
     dist.all_gather_object(per_rank, measured, group=ctx.group)
-    full = sharded.full_model_state_dict(model)
-    result = {"world_size": ctx.world_size, "steps": args.steps, "losses": losses, "resumed": bool(args.resume),
+    full = {k: v.detach().clone() for k, v in model.state_dict().items()} if zero1 else \
+        sharded.full_model_state_dict(model)
+    result = {"strategy": args.strategy, "master_shard_bytes": opt.shard_bytes() if zero1 else None,
+              "world_size": ctx.world_size, "steps": args.steps, "losses": losses, "resumed": bool(args.resume),
               "num_params": sum(p.numel() for p in reference.parameters()), "memory_per_rank": per_rank,
-              "comm_per_step": comm, "formula": sharded.fsdp_bytes_per_step(config, ctx.world_size),
+              "comm_per_step": comm, "formula": None if zero1 else sharded.fsdp_bytes_per_step(config, ctx.world_size),
               "seconds_per_step": statistics.median(seconds)}
     if not args.resume:
         result.update(reference_losses=ref_losses, trained_diff=max_diff(full, reference.state_dict()))

@@ -184,3 +184,25 @@ def test_ddp_tp_fsdp_bytes_and_memory_equal_the_formulas(tmp_path):
     for name, calc in (("ddp", "ddp"), ("tp", "tp"), ("fsdp", "zero3")):
         assert s[name]["memory"] == sharded.model_state_bytes(config, calc, 2, precision="fp32")
         assert max(abs(a - b) for a, b in zip(s[name]["losses"], s["ddp"]["losses"])) <= TRAIN_TOL
+
+
+# ---------------------------------------------------------------- ZeRO-1 from scratch
+
+def test_zero1_from_scratch_equals_single_process_and_shards_the_optimizer(tmp_path):
+    r = fsdp_demo(2, tmp_path / "zero1.json", "--strategy", "zero1", "--steps", "4")
+    psi, n = num_parameters(SMALL), 2
+    assert r["trained_diff"] <= TRAIN_TOL
+    assert max(abs(a - b) for a, b in zip(r["losses"], r["reference_losses"])) <= TRAIN_TOL
+    shard = math.ceil(psi / n)
+    for m in r["memory_per_rank"]:
+        assert m == {"weights": 4 * psi, "gradients": 4 * psi, "optimizer": 8 * shard}    # m and v of the shard only
+    assert r["master_shard_bytes"] == 4 * shard
+    # with the fp32 shard, the optimizer holds the calculator's ZeRO-1 figure for mixed precision: 12 bytes/param/N
+    assert 8 * shard + r["master_shard_bytes"] == sharded.model_state_bytes(SMALL, "zero1", n)["optimizer"]
+    # DDP's all-reduce in two halves, plus one number for the clipping norm
+    assert r["comm_per_step"]["bytes"] == {"reduce_scatter": 4 * n * shard, "all_gather": 4 * shard, "all_reduce": 4}
+
+
+def test_zero1_needs_a_group():
+    with pytest.raises(ValueError, match="explicitly"):
+        sharded.ZeRO1AdamW(GPT(SMALL).parameters(), None, lr=1e-3)

@@ -97,6 +97,78 @@ def memory_table(configs: dict[str, GPTConfig], strategies: tuple[str, ...] = ST
 
 
 # ---- ch04_distributed/06_sharded_data_parallel.ipynb
+class ZeRO1AdamW:
+    """AdamW with its state sharded over the ranks of `group` (ZeRO stage 1), for a model that is NOT wrapped in
+    DDP: step() reduce-scatters the gradients itself, updates this rank's shard and all-gathers the weights.
+
+        opt = ZeRO1AdamW(parameter_groups, group, lr=3e-4, betas=(0.9, 0.95))
+        loss.backward(); opt.step(); opt.zero_grad()
+
+    params: parameters or torch-style groups [{"params": [...], "weight_decay": 0.1}, ...].
+    max_grad_norm: clip the averaged gradient's global norm (the shards' norms, all-reduced) before the update."""
+
+    def __init__(self, params, group: dist.ProcessGroup, max_grad_norm: float | None = None, **adamw_options):
+        if group is None:
+            raise ValueError("pass the data-parallel process group explicitly (e.g. ctx.group), not None")
+        self.group, self.world, self.rank = group, dist.get_world_size(group), dist.get_rank(group)
+        self.max_grad_norm, self.last_grad_norm = max_grad_norm, None
+        groups = list(params)
+        groups = groups if groups and isinstance(groups[0], dict) else [{"params": groups}]
+        self.flat_groups, shard_groups = [], []
+        for g in groups:
+            ps = [p for p in g["params"] if p.requires_grad]
+            numel = sum(p.numel() for p in ps)
+            size = -(-numel // self.world)                               # ceil: the last shard is padded
+            flat = torch.zeros(size * self.world, dtype=torch.float32, device=ps[0].device)
+            torch.cat([p.detach().reshape(-1).float() for p in ps], out=flat[:numel])
+            shard = flat[self.rank * size:(self.rank + 1) * size].clone().requires_grad_(True)
+            self.flat_groups.append((ps, numel, size, shard))
+            shard_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": [shard]})
+        self.inner = torch.optim.AdamW(shard_groups, **adamw_options)    # m and v exist for the shards only
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for ps, numel, size, shard in self.flat_groups:
+            grads = torch.zeros(size * self.world, dtype=torch.float32, device=shard.device)
+            torch.cat([p.grad.reshape(-1).float() for p in ps], out=grads[:numel])
+            shard.grad = torch.empty_like(shard)
+            dist.reduce_scatter_single(shard.grad, grads, group=self.group)   # the sum of my shard's gradients
+            shard.grad /= self.world                                     # ... averaged, as DDP does
+        if self.max_grad_norm is not None:
+            self._clip()
+        self.inner.step()
+        for ps, numel, size, shard in self.flat_groups:
+            flat = torch.empty(size * self.world, dtype=torch.float32, device=shard.device)
+            dist.all_gather_single(flat, shard.detach(), group=self.group)     # every rank's updated shard
+            offset = 0
+            for p in ps:
+                p.copy_(flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def _clip(self) -> None:
+        squares = sum(shard.grad.pow(2).sum() for *_, shard in self.flat_groups)
+        dist.all_reduce(squares, group=self.group)                       # the norm of the whole gradient
+        self.last_grad_norm = squares.sqrt()
+        scale = (self.max_grad_norm / (self.last_grad_norm + 1e-6)).clamp(max=1.0)   # torch's rule
+        for *_, shard in self.flat_groups:
+            shard.grad.mul_(scale)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for ps, *_ in self.flat_groups:
+            for p in ps:
+                p.grad = None if set_to_none else (p.grad.zero_() if p.grad is not None else None)
+
+    @property
+    def state(self):
+        """The optimizer state this rank holds (m and v of its shards), as torch optimizers expose it."""
+        return self.inner.state
+
+    def shard_bytes(self) -> int:
+        """This rank's fp32 copy of its shards of the weights (the master weights of mixed precision)."""
+        return sum(shard.numel() * shard.element_size() for *_, shard in self.flat_groups)
+
+
+# ---- ch04_distributed/06_sharded_data_parallel.ipynb
 def shard_fsdp(model: GPT, mesh=None) -> GPT:
     """ZeRO-3 with PyTorch's FSDP2, in place: every block is its own group (all-gathered just before it runs,
     freed after), the root holds the embeddings, final norm and tied head. mesh: a 1-D DeviceMesh, or None for all
