@@ -1,19 +1,19 @@
 """Chapter 3's command line: sample text from a GPT, or measure the memory/time of its training forward pass.
 
     python ch03_model/gpt.py generate --preset laptop --prompt "ROMEO:" --max-new-tokens 100 --stream
-    python ch03_model/gpt.py generate --checkpoint out/ckpt.pt --temperature 0.8 --top-p 0.95
+    python ch03_model/gpt.py generate --checkpoint runs/train --temperature 0.8 --top-p 0.95   # chapter 4's run
+    python ch03_model/gpt.py generate --checkpoint nanogpt_ckpt.pt --preset gpt2          # a bare state dict
     python ch03_model/gpt.py generate --hf gpt2 --prompt "Hello, I'm a language model,"   # needs the network once
     python ch03_model/gpt.py memory --device cuda --preset gpt2 --seq-lens 256 512 1024 --batch 8
 
 The library code lives in shared/ (model: notebook 02, memory: notebook 03, generation: notebook 04,
-hf_interop: notebook 05); this file only parses arguments.
+hf_interop: notebook 05; checkpoints: chapter 4, notebook 01); this file only parses arguments.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -22,55 +22,19 @@ from shared.model import GPT, PRESETS, GPTConfig
 
 
 # ---------------------------------------------------------------------------------------------- loading a model
-def _strip_prefixes(state: dict) -> dict:
-    """Checkpoints of wrapped models carry the wrapper's prefix: torch.compile's `_orig_mod.`, DDP's `module.`."""
-    out = {}
-    for name, tensor in state.items():
-        for prefix in ("_orig_mod.", "module."):
-            while name.startswith(prefix):
-                name = name[len(prefix):]
-        out[name] = tensor
-    return out
-
-
-def load_checkpoint(path: str | Path, preset: str | None = None) -> GPT:
-    """A GPT from a torch.save file: {"model": state_dict, "config": dict | GPTConfig} (also "state_dict" /
-    "model_args", nanoGPT's names), or a bare state dict whose shapes match --preset."""
-    path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"--checkpoint {path}: no such file")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict):
-        raise SystemExit(f"--checkpoint {path}: expected a dict (a state dict or {{'model': ..., 'config': ...}}), "
-                         f"got {type(payload).__name__}")
-    state = payload.get("model", payload.get("state_dict", payload))
-    config = payload.get("config", payload.get("model_args"))
-    if isinstance(config, GPTConfig):
-        pass
-    elif isinstance(config, dict):
-        config = GPTConfig(**{k: v for k, v in config.items() if k in GPTConfig.__dataclass_fields__})
-    elif preset is not None:
-        config = GPTConfig.from_preset(preset)
-    else:
-        raise SystemExit(f"--checkpoint {path} holds no config: name the model's shape with --preset")
-    model = GPT(config)
-    try:
-        model.load_state_dict(_strip_prefixes(state), strict=True)
-    except RuntimeError as e:
-        raise SystemExit(f"--checkpoint {path} does not fit {config}:\n{e}") from None
-    return model
-
-
 def build_model(args) -> GPT:
     if args.checkpoint:
-        return load_checkpoint(args.checkpoint, args.preset)
+        # one home for the checkpoint format (chapter 4): ours, or a bare / nanoGPT state dict shaped by --preset
+        from shared.checkpoint import load_model
+        return load_model(args.checkpoint, args.preset)
     if args.hf:
         from shared.hf_interop import from_pretrained
         return from_pretrained(args.hf)
-    print(f"warning: no --checkpoint or --hf given: preset {args.preset!r} with RANDOM weights, "
+    preset = args.preset or "laptop"
+    print(f"warning: no --checkpoint or --hf given: preset {preset!r} with RANDOM weights, "
           "so the text will be noise", file=sys.stderr)
     torch.manual_seed(args.seed)
-    return GPT(GPTConfig.from_preset(args.preset))
+    return GPT(GPTConfig.from_preset(preset))
 
 
 # ---------------------------------------------------------------------------------------------- generate
@@ -163,11 +127,13 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a checkpoint, a Hugging Face GPT-2 or a preset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = g.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="torch.save file: {'model': state_dict, 'config': {...}} or a state dict")
+    source.add_argument("--checkpoint", help="a checkpoint of chapter 4's training (file, or its run folder), or a "
+                                             "state dict / nanoGPT checkpoint (then name its shape with --preset)")
     source.add_argument("--hf", metavar="NAME_OR_FOLDER",
                         help="a Hugging Face GPT-2 ('gpt2', 'gpt2-medium', ... or a save_pretrained folder)")
-    g.add_argument("--preset", default="laptop", choices=list(PRESETS),
-                   help="model shape when no checkpoint is given (random weights!) or the checkpoint has no config")
+    g.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="model shape of a checkpoint without a config, or of random weights when no checkpoint is "
+                        "given (default then: laptop)")
     g.add_argument("--tokenizer", default="gpt2", help="'gpt2' or the path of a BPE file saved in chapter 2")
     g.add_argument("--prompt", default="", help="text to continue (empty: start from <|endoftext|>)")
     g.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (fewer if <|endoftext|> comes)")
