@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -190,6 +192,27 @@ def run(args, ctx) -> dict:
         result["bucket_bytes"] = [b.nbytes for b in model.buckets]
     del model, opt                          # before the group goes (BOOK.md pitfalls: exit crash)
     return result
+
+
+def launch(nproc: int, *args: str, timeout: float = 300) -> dict:
+    """Run this script on nproc gloo ranks under torchrun (from a notebook, a test or a benchmark) and return rank
+    0's results. torchrun is started as `python -m torch.distributed.run` (a notebook kernel's PATH may not have
+    it) in a session of its own, so that a timeout kills torchrun and every worker, not just torchrun."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               str(Path(__file__).resolve()), *args, "--out", str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            log, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            raise
+        if proc.returncode != 0:
+            raise RuntimeError(f"torchrun failed (exit {proc.returncode}):\n{log[-3000:]}")
+        return json.loads(out.read_text(encoding="utf-8"))
 
 
 @record
