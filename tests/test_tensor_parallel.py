@@ -1,5 +1,5 @@
 """Tensor parallelism (shared.parallel.tensor, shared.parallel.comm) against the unsharded modules, on real
-processes: this file is also the torchrun worker (`python -m torch.distributed.run ... tests/test_tensor_parallel.py
+processes (and, on 4 ranks, a 2 x 2 data x tensor parallel mesh): this file is also the torchrun worker (`python -m torch.distributed.run ... tests/test_tensor_parallel.py
 OUT.json`). Each launch (2 and 4 ranks, gloo) runs every check once and rank 0 writes the measured differences and
 counts; the tests below assert on them. Tolerances (fp32): 1e-5 for one forward/backward, 1e-4 for the weights after
 a few AdamW steps (Adam divides by sqrt(v) and so magnifies rounding differences in tiny gradients)."""
@@ -183,6 +183,38 @@ def _check_dtensor(rank, p) -> dict:
     return out
 
 
+def _check_dp_x_tp(rank) -> dict:
+    """4 ranks as a 2 x 2 mesh: tensor parallelism inside each pair of the "tp" dimension, torch DDP across "dp";
+    each data-parallel replica trains on half the batch. Equal to one process on the whole batch."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.nn.parallel import DistributedDataParallel
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    tp_group, dp_group = mesh["tp"].get_group(), mesh["dp"].get_group()
+    config = GPTConfig(**CONFIG)
+    data = torch.randint(config.vocab_size, (2 * B, T + 1), generator=torch.Generator().manual_seed(4))
+    x, y = data[:, :-1], data[:, 1:]
+    torch.manual_seed(0)
+    ref = GPT(config)
+    model = DistributedDataParallel(tp.apply_tensor_parallel(copy.deepcopy(ref), tp_group), process_group=dp_group)
+    dp_rank = mesh.get_coordinate()[0]
+    mine = slice(dp_rank * B, (dp_rank + 1) * B)
+    _train(ref, 3, x, y, lambda m: torch.nn.utils.clip_grad_norm_(m.parameters(), 0.1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(x[mine], y[mine])
+        loss.backward()                                    # DDP averages over "dp"; f/g sum over "tp"
+        tp.clip_grad_norm_(model.module, 0.1, tp_group)
+        opt.step()
+    return {"tp_group": dist_ranks(tp_group), "dp_group": dist_ranks(dp_group),
+            "weights": _max_diff(tp.gather_full_state_dict(model.module), ref.state_dict())}
+
+
+def dist_ranks(group) -> list[int]:
+    import torch.distributed as dist
+    return dist.get_process_group_ranks(group)
+
+
 def worker(out_path: str) -> None:
     import torch.distributed as dist
     warnings.filterwarnings("ignore", message="Full backward hook")
@@ -192,6 +224,8 @@ def worker(out_path: str) -> None:
     try:
         results = {"linears": _check_linears(group, rank, p), "block": _check_block(group, rank, p),
                    "gpt": _check_gpt(group, rank, p), "dtensor": _check_dtensor(rank, p)}
+        if p == 4:
+            results["dp_x_tp"] = _check_dp_x_tp(rank)
         if rank == 0:
             Path(out_path).write_text(json.dumps(results), encoding="utf-8")
     finally:
@@ -273,6 +307,15 @@ def test_dtensor_version_matches(ranks, variant):
     d = r["dtensor"][variant]
     assert d["loss"] <= FORWARD_TOL and d["grads"] <= FORWARD_TOL and d["weights"] == 0.0, d
     assert d["train_weights"] <= TRAIN_TOL, d
+
+
+def test_dp_x_tp_mesh_trains_like_one_process(ranks):
+    p, r = ranks
+    if p != 4:
+        pytest.skip("a 2 x 2 mesh needs 4 ranks")
+    d = r["dp_x_tp"]
+    assert d["tp_group"] == [0, 1] and d["dp_group"] == [0, 2]          # rank 0's groups: tp innermost
+    assert d["weights"] <= TRAIN_TOL, d
 
 
 # ---------------------------------------------------------------- one process
