@@ -71,6 +71,17 @@ def _check_linears(group, rank, p) -> dict:
                   "weight": _max_diff(row.weight.grad, tp.shard(ref.weight.grad, 1, rank, p)),
                   "bias": _max_diff(row.bias.grad, ref.bias.grad),
                   "input": _max_diff(x_local.grad, tp.shard(x_ref.grad, 2, rank, p))}
+    # built directly (init=True): the slices of the layer torch would build with the same seed, whatever p is
+    torch.manual_seed(5)
+    full = nn.Linear(16, 24)
+    torch.manual_seed(5)
+    col = tp.ColumnParallelLinear(16, 24, group, chunks=3)
+    torch.manual_seed(5)
+    row = tp.RowParallelLinear(16, 24, group)
+    out["init"] = {"column": max(_max_diff(col.weight, tp.shard(full.weight, 0, rank, p, 3)),
+                                 _max_diff(col.bias, tp.shard(full.bias, 0, rank, p, 3))),
+                   "row": max(_max_diff(row.weight, tp.shard(full.weight, 1, rank, p)),
+                              _max_diff(row.bias, full.bias))}
     return out
 
 
@@ -255,6 +266,11 @@ def test_parallel_linears_equal_the_full_layer(ranks, layer):
     _, results = ranks
     for what, diff in results["linears"][layer].items():
         assert diff <= FORWARD_TOL, (layer, what, diff)
+
+
+def test_parallel_linears_are_slices_of_torchs_init(ranks):
+    _, results = ranks
+    assert results["linears"]["init"] == {"column": 0.0, "row": 0.0}
 
 
 def test_block_equals_the_unsharded_block(ranks):

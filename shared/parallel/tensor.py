@@ -94,6 +94,14 @@ def all_gather_shards(local: torch.Tensor, dim: int, group: dist.ProcessGroup, c
 
 
 # ---- ch04_distributed/05_tensor_parallel.ipynb
+def _local_parameter(full: torch.Tensor, dim: int | None, rank: int, world_size: int,
+                     chunks: int = 1) -> nn.Parameter:
+    """This rank's slice of `full` along `dim` (None: all of it, replicated) as a parameter. A `full` on the meta
+    device (shapes only, nothing allocated) gives an uninitialised slice, to be loaded."""
+    local = full.detach() if dim is None else shard(full.detach(), dim, rank, world_size, chunks)
+    return nn.Parameter(torch.empty(local.shape, dtype=local.dtype) if local.is_meta else local.clone())
+
+
 class ColumnParallelLinear(nn.Module):
     """y = x W^T + b with the OUTPUT features (rows of the stored W, columns of y) split across `group`'s ranks.
 
@@ -105,20 +113,21 @@ class ColumnParallelLinear(nn.Module):
              |               |
        y_0 (B,T,out/p)  y_1 (B,T,out/p)   each rank keeps its own columns of y: no communication forward
 
-    Built whole with torch's init and then sliced, so its values do not depend on p (same seed on every rank).
+    Built whole with torch's init and then sliced, so its values do not depend on p (same seed on every rank);
+    init=False skips that and leaves the slices empty, for loading (parallel_from_linear).
     chunks: the output is `chunks` equal blocks, each split separately (3 for the fused q, k, v projection)."""
 
     shard_dims = {"weight": 0, "bias": 0}          # which dimension of each parameter is split
 
     def __init__(self, in_features: int, out_features: int, group: dist.ProcessGroup, bias: bool = True,
-                 chunks: int = 1):
+                 chunks: int = 1, init: bool = True):
         super().__init__()
         self.group, self.chunks = group, chunks
         self.rank, self.world_size = dist.get_rank(group), _group_size(group)
         self.in_features, self.out_features = in_features, out_features
-        full = nn.Linear(in_features, out_features, bias=bias)
-        self.weight = nn.Parameter(shard(full.weight.detach(), 0, self.rank, self.world_size, chunks))
-        self.bias = nn.Parameter(shard(full.bias.detach(), 0, self.rank, self.world_size, chunks)) if bias else None
+        full = nn.Linear(in_features, out_features, bias=bias, device=None if init else "meta")
+        self.weight = _local_parameter(full.weight, 0, self.rank, self.world_size, chunks)
+        self.bias = _local_parameter(full.bias, 0, self.rank, self.world_size, chunks) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(copy_to_tensor_parallel(x, self.group), self.weight, self.bias)
@@ -139,18 +148,21 @@ class RowParallelLinear(nn.Module):
                       |
                      + b                  the bias once, after the sum (replicated)
                       |
-                y (B, T, out)             replicated on every rank"""
+                y (B, T, out)             replicated on every rank
+
+    Built whole and sliced, like ColumnParallelLinear (init=False: empty slices, for loading)."""
 
     shard_dims = {"weight": 1, "bias": None}       # None: replicated
 
-    def __init__(self, in_features: int, out_features: int, group: dist.ProcessGroup, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, group: dist.ProcessGroup, bias: bool = True,
+                 init: bool = True):
         super().__init__()
         self.group, self.chunks = group, 1
         self.rank, self.world_size = dist.get_rank(group), _group_size(group)
         self.in_features, self.out_features = in_features, out_features
-        full = nn.Linear(in_features, out_features, bias=bias)
-        self.weight = nn.Parameter(shard(full.weight.detach(), 1, self.rank, self.world_size))
-        self.bias = nn.Parameter(full.bias.detach().clone()) if bias else None
+        full = nn.Linear(in_features, out_features, bias=bias, device=None if init else "meta")
+        self.weight = _local_parameter(full.weight, 1, self.rank, self.world_size)
+        self.bias = _local_parameter(full.bias, None, self.rank, self.world_size) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = reduce_from_tensor_parallel(F.linear(x, self.weight), self.group)
@@ -195,10 +207,10 @@ def gather_full_parameters(layer: nn.Module) -> dict[str, torch.Tensor]:
 def parallel_from_linear(linear: nn.Linear, kind: str, group: dist.ProcessGroup, chunks: int = 1) -> nn.Module:
     """A column- or row-parallel copy of an ordinary nn.Linear: this rank's slices of its weight and bias."""
     bias = linear.bias is not None
-    if kind == "column":
-        layer = ColumnParallelLinear(linear.in_features, linear.out_features, group, bias, chunks)
+    if kind == "column":     # init=False: no full-size initialisation, the slices are copied in below
+        layer = ColumnParallelLinear(linear.in_features, linear.out_features, group, bias, chunks, init=False)
     elif kind == "row":
-        layer = RowParallelLinear(linear.in_features, linear.out_features, group, bias)
+        layer = RowParallelLinear(linear.in_features, linear.out_features, group, bias, init=False)
     else:
         raise ValueError(f"kind must be 'column' or 'row', got {kind!r}")
     full = {"weight": linear.weight.detach(), "bias": linear.bias.detach() if bias else None}
