@@ -188,7 +188,8 @@ def train_model(encoding: str, data: CharData, cfg: ExperimentConfig, device="cp
     """Train one TinyDecoder at cfg.train_context; returns (model, list of training losses, one per step).
 
     The model's initial weights and the sequence of batches depend only on cfg.seed, so every encoding sees
-    exactly the same data in the same order.
+    exactly the same data in the same order. A first-principles loop, just enough for the experiment: chapter 4's
+    shared.training.train is the book's one training loop (schedules, clipping, checkpoints, DDP).
     """
     torch.manual_seed(cfg.seed)
     model = TinyDecoder(len(data.vocab), encoding, cfg.train_context, cfg.width, cfg.layers, cfg.heads).to(device)
