@@ -459,7 +459,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag, kind = "--" + f.name.replace("_", "-"), _flag_type(hints[f.name])
-        help = f"{f.metadata['help']} (TrainConfig default: {f.default})"
+        help = f"{f.metadata['help']} (default: the preset's value, else {f.default})"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
