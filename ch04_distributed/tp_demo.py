@@ -7,7 +7,8 @@ unsharded model (chapter 4, notebook 05).
 Every rank builds the same unsharded GPT (same seed) and a copy that it splits: `--impl scratch` with
 shared.parallel.tensor.apply_tensor_parallel (Megatron's f/g), `--impl dtensor` with torch's parallelize_module.
 It compares the loss, every gradient and the weights with the unsharded model, counts the collectives of one block
-and of one step (against the formula), trains both for --steps AdamW steps with gradient clipping, and rank 0
+and of one step (against the formula), trains both for --steps AdamW steps with gradient clipping, through the
+training loop's pieces (shared.training: decay groups, token-weighted accumulation of 2 micro-batches), and rank 0
 prints (or writes with --out) the results as JSON. On CPU it uses gloo.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shared.model import GPT, GPTConfig
 from shared.parallel import tensor as tp
 from shared.parallel.comm import CollectiveCounter
 from shared.parallel.runtime import init_distributed, launched_by_torchrun, shutdown_distributed
+from shared.training import accumulate_gradients, parameter_groups
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -208,23 +210,24 @@ def run(args, ctx) -> dict:
         out.full_tensor().sum().backward() if hasattr(out, "full_tensor") else out.sum().backward()
     result["block_calls"] = {"forward": fwd.calls(), "backward": bwd.calls()}
 
-    # 3. a few optimizer steps, both models on the same batches
-    opt_ref = torch.optim.AdamW(reference.parameters(), lr=3e-3, weight_decay=0.1)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, foreach=args.impl == "scratch")
+    # 3. a few optimizer steps with the book's training-loop pieces (chapter 4.1): AdamW's decay groups, and the
+    #    token-weighted gradient accumulation over 2 micro-batches; every tensor-parallel rank gets the same data
+    opt_ref = torch.optim.AdamW(parameter_groups(reference, 0.1), lr=3e-3)
+    opt = torch.optim.AdamW(parameter_groups(model, 0.1), lr=3e-3, foreach=args.impl == "scratch")
+    micro = list(zip(x.chunk(2), y.chunk(2)))
     losses, ref_losses, norms, ref_norms, seconds = [], [], [], [], []
     for _ in range(args.steps):
         for m, o, log, norm_log in ((reference, opt_ref, ref_losses, ref_norms), (model, opt, losses, norms)):
             start = time.perf_counter()
             o.zero_grad(set_to_none=True)
-            _, loss = m(x, y)
-            loss.backward()
+            loss, _ = accumulate_gradients(m, micro, group=None if m is reference else ctx.group)
             if m is reference:
                 norm = torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
             else:
                 norm = clip(m, args, ctx, 0.5)
             norm_log.append(norm.item())
             o.step()
-            log.append(loss.item())
+            log.append(loss)
         seconds.append(time.perf_counter() - start)
     result.update(steps=args.steps, losses=losses, reference_losses=ref_losses, grad_norms=norms,
                   reference_grad_norms=ref_norms,
