@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from shared.batches import BlockLoader, read_manifest
-from shared.checkpoint import check_compatible, load_checkpoint, restore_checkpoint, rng_state, save_checkpoint
+from shared.checkpoint import (CheckpointError, check_compatible, load_checkpoint, restore_checkpoint, rng_state,
+                               save_checkpoint)
 from shared.device import autocast_dtype, pick_device
 from shared.files import atomic_write
 from shared.model import GPT, GPTConfig, PRESETS
@@ -300,6 +301,10 @@ def prepare_run(config: TrainConfig, ctx: DistributedContext, train_tokens=None,
     mconfig = model_config(config, data_vocab)
     if payload is not None:
         check_compatible(payload, mconfig, dataclasses.asdict(config))
+        saved_ranks = len(payload.get("rng") or [])
+        if saved_ranks and saved_ranks != ctx.world_size:      # the data position counts batches per rank
+            raise CheckpointError(f"{payload['path']}: saved by {saved_ranks} rank(s), this run has "
+                                  f"{ctx.world_size}; resume with {saved_ranks} (the data position is per rank)")
     torch.manual_seed(config.seed)                       # the same initial weights on every rank
     model = GPT(mconfig).to(ctx.device)
     optimizer = make_optimizer(model, config, ctx.device)

@@ -152,6 +152,12 @@ def test_resuming_with_another_model_or_run_is_refused_and_changes_nothing(refer
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_resuming_with_another_number_of_ranks_is_refused(reference):
+    from shared.parallel.runtime import DistributedContext
+    with pytest.raises(CheckpointError, match=r"saved by 1 rank\(s\), this run has 2; resume with 1"):
+        train(config(reference[1]), ctx=DistributedContext(world_size=2), train_tokens=[TOKENS], resume=True)
+
+
 def test_resume_may_change_where_and_how_it_runs(reference, tmp_path):
     payload = load_checkpoint(reference[1])
     cfg = config(tmp_path, eval_every=2, progress=True, ckpt_every=1)
