@@ -376,7 +376,7 @@ def train(config: TrainConfig, *, ctx: DistributedContext | None = None, wrap=No
     k, peak = config.accumulation_steps(ctx.world_size), peak_flops(ctx.device)
     tokens_per_step = config.batch_size * run.model.config.block_size
     log = JsonlLog(Path(config.out_dir) / "log.jsonl" if config.out_dir and ctx.is_main else None,
-                   run.step if resume else None)
+                   run.step or None)                          # resumed: keep the records up to its step
     stream = micro_batches(run.train_loader, run.position)
 
     def record(entry):

@@ -218,3 +218,15 @@ def test_bf16_autocast_on_request_runs_on_cpu():
     run = train(TrainConfig(**{**TINY, "steps": 2, "dtype": "bf16"}), train_tokens=[TOKENS])
     assert all(math.isfinite(r["loss"]) for r in run.history)
     assert next(run.model.parameters()).dtype == torch.float32          # fp32 master weights
+
+
+def test_resume_without_a_checkpoint_starts_fresh_and_the_log_holds_one_run(tmp_path):
+    # a run killed before its first checkpoint left a log; --resume finds no latest.json and starts again
+    (tmp_path / "log.jsonl").write_text('{"kind": "eval", "step": 0, "val_loss": 1.0, "val_ppl": 2.7}\n{"kind": "tr',
+                                        encoding="utf-8")
+    config = TrainConfig(**{**TINY, "steps": 2, "warmup_steps": 1, "eval_every": 1, "eval_batches": 1,
+                            "out_dir": str(tmp_path)})
+    run = train(config, train_tokens=[TOKENS], val_tokens=[TOKENS[:2000]], resume=True)
+    assert [(r["kind"], r["step"]) for r in read_log(tmp_path / "log.jsonl")] == \
+           [("eval", 0), ("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
+    assert read_log(tmp_path / "log.jsonl") == run.history
