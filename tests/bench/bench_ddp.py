@@ -72,7 +72,11 @@ def main(argv=None) -> None:
               f"{'-' if impl == 'none' else ', '.join(f'{b:,}' for b in nbytes):>12s} "
               f"{'-' if impl == 'none' else str(nbytes == [4 * params]):>8s}")
     gap = speed["2 ranks, bucketed (ours)"] / torch_ddp - 1
-    print(f"bucketed vs torch DDP: {gap:+.1%} (goal: within 10%: {abs(gap) <= 0.10 or gap > 0})")
+    # the two launches of one repeat run back to back, so their ratio is steadier than the ratio of the medians
+    paired = statistics.median(b["tokens_per_s"] / t["tokens_per_s"] for b, t in
+                               zip(runs["2 ranks, bucketed (ours)"], runs["2 ranks, torch DDP"])) - 1
+    print(f"bucketed vs torch DDP: {gap:+.1%} (medians), {paired:+.1%} (median of the per-repeat ratios); "
+          f"goal: within 10%: {paired >= -0.10}")
     per_launch = {name: [round(r["tokens_per_s"]) for r in rs] for name, rs in runs.items()}
     print("tokens/s of every launch:", per_launch)
 
