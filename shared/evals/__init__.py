@@ -8,4 +8,6 @@
     mmlu         MMLU: the standard prompt, scoring by the log-likelihood of " A".." D", zero- and few-shot, micro
                  and macro averages, bootstrap confidence intervals (notebook 02)
     perplexity   token-level NLL, perplexity, bits per byte, sliding-window evaluation with a stride (notebook 01)
+    contamination  word n-gram overlap between training corpora and benchmark items, with chapter 2's hashing
+                 (notebook 04)
 """
