@@ -64,3 +64,22 @@ def test_versioned_json_round_trip_and_every_failure_has_its_own_line(tmp_path):
 def test_atomic_write_keeps_files_readable(tmp_path):
     atomic_write(tmp_path / "r.txt", "x")
     assert os.stat(tmp_path / "r.txt").st_mode & 0o044 == 0o044
+
+
+def test_torchrun_launcher_runs_ranks_and_kills_the_whole_job_on_timeout(tmp_path):
+    import subprocess
+    import time
+
+    from shared.parallel.runtime import run_torchrun
+    script = tmp_path / "ranks.py"
+    script.write_text("import os\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])\n", encoding="utf-8")
+    done = run_torchrun(script, nproc=2, timeout=120)
+    assert done.returncode == 0 and {"rank 0 of 2", "rank 1 of 2"} <= set(done.stdout.splitlines())
+    sleeper = tmp_path / "sleeper.py"
+    marker = tmp_path / "still-alive"
+    sleeper.write_text(f"import time, pathlib\ntime.sleep(20)\npathlib.Path({str(marker)!r}).touch()\n",
+                       encoding="utf-8")
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_torchrun(sleeper, nproc=2, timeout=8)
+    time.sleep(15)                              # a worker that survived the kill would touch the marker by now
+    assert not marker.exists()

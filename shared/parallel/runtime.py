@@ -11,7 +11,11 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -69,3 +73,47 @@ def shutdown_distributed(ctx: DistributedContext) -> None:
     gc.collect()
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ launching torchrun from Python (notebooks, tests)
+def torchrun_command(script: str | Path, *args, nproc: int = 2, rendezvous: tuple[str, ...] = ("--standalone",)
+                     ) -> list[str]:
+    """`python -m torch.distributed.run ... script args`: the module form, since a notebook kernel's PATH may not
+    hold the `torchrun` executable. `rendezvous` replaces --standalone for multi-node runs (--rdzv-endpoint ...)."""
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", str(nproc),
+            str(script), *map(str, args)]
+
+
+def start_torchrun(script: str | Path, *args, nproc: int = 2, env: dict | None = None, cwd: str | Path | None = None,
+                   rendezvous: tuple[str, ...] = ("--standalone",)) -> subprocess.Popen:
+    """Start torchrun in a process session of its own (stdout and stderr merged, as text), so that
+    `finish_torchrun` can kill torchrun and every worker together; OMP_NUM_THREADS=1 unless env says otherwise."""
+    return subprocess.Popen(torchrun_command(script, *args, nproc=nproc, rendezvous=rendezvous),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def finish_torchrun(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Wait for a started job; past `timeout` seconds stop torchrun and every worker (none is left orphaned) and
+    raise subprocess.TimeoutExpired. Returns the exit code and the merged output."""
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # torchrun starts each worker in a session of its own: SIGTERM lets the agent stop them all; a SIGKILL of
+        # the agent's group afterwards catches an agent that does not react.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
+
+
+def run_torchrun(script: str | Path, *args, nproc: int = 2, timeout: float = 300, env: dict | None = None,
+                 cwd: str | Path | None = None, rendezvous: tuple[str, ...] = ("--standalone",)
+                 ) -> subprocess.CompletedProcess:
+    """Run `script args` on `nproc` local ranks under torchrun and wait (see start_torchrun / finish_torchrun)."""
+    return finish_torchrun(start_torchrun(script, *args, nproc=nproc, env=env, cwd=cwd, rendezvous=rendezvous),
+                           timeout)
