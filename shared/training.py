@@ -180,11 +180,14 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[tuple[torch.Tenso
     """Forward and backward over one step's micro-batches; gradients = d(mean loss over all the step's target
     tokens, on every rank)/d(parameters). Returns (that mean loss, its token count)."""
     world = dist.get_world_size(group) if group is not None else 1
+    device = batches[0][0].device
     counts = torch.tensor([float((y != IGNORE_INDEX).sum()) for _, y in batches], dtype=torch.float64)
     total = counts.sum()
-    if group is not None:
-        dist.all_reduce(total, group=group)             # N: target tokens of the whole step, all ranks
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    if group is not None:                               # N: target tokens of the whole step, all ranks
+        total = _all_reduce_on(device, total, group)
+    # The loss sum stays on the device until the end: reading it after every micro-batch would make the CPU wait
+    # for the GPU each time and leave the GPU idle while the next forward pass is being launched.
+    loss_sum = torch.zeros((), dtype=_accumulator_dtype(device), device=device)
     for i, (x, y) in enumerate(batches):
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
@@ -194,10 +197,21 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[tuple[torch.Tenso
             if counts[i] == 0:                          # all targets masked: a zero that keeps the graph
                 loss = logits.sum() * 0.0
             (loss * float(counts[i] * world / total)).backward()
-        loss_sum += loss.detach().double().cpu() * counts[i]
+        loss_sum += loss.detach().to(loss_sum.dtype) * counts[i]
     if group is not None:
-        dist.all_reduce(loss_sum, group=group)
-    return float(loss_sum / total), int(total)
+        loss_sum = _all_reduce_on(device, loss_sum, group)
+    return float(loss_sum.cpu() / total), int(total)
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64       # MPS has no float64
+
+
+def _all_reduce_on(device: torch.device, tensor: torch.Tensor, group) -> torch.Tensor:
+    """Sum `tensor` over the group, on `device` (NCCL reduces only GPU tensors; gloo CPU ones); back on the CPU."""
+    on_device = tensor.to(device=device, dtype=_accumulator_dtype(device))
+    dist.all_reduce(on_device, group=group)
+    return on_device.to("cpu", torch.float64)
 
 
 # ---- ch04_distributed/01_training_loop.ipynb
@@ -238,7 +252,7 @@ def evaluate(model: torch.nn.Module, loader: BlockLoader, batches: int, device: 
     """Mean validation loss over the loader's first `batches` micro-batches (on every rank), and its perplexity."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64)            # (sum of token losses, tokens)
+    totals = torch.zeros(2, dtype=torch.float64)            # (sum of token losses, tokens), on the CPU
     stream = micro_batches(loader)
     for _ in range(min(batches, len(loader))):
         x, y, _ = next(stream)
@@ -247,7 +261,7 @@ def evaluate(model: torch.nn.Module, loader: BlockLoader, batches: int, device: 
         n = float((y != IGNORE_INDEX).sum())
         totals += torch.tensor([loss.double().item() * n, n], dtype=torch.float64)
     if group is not None:
-        dist.all_reduce(totals, group=group)
+        totals = _all_reduce_on(device, totals, group)
     model.train(was_training)
     loss = float(totals[0] / totals[1])
     return {"val_loss": loss, "val_ppl": math.exp(loss)}
