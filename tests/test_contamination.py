@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shared.dedup import ngrams, words
-from shared.evals.contamination import ngram_index, ngram_overlap
+from shared.evals.contamination import near_duplicates, ngram_index, ngram_overlap, word_windows
 
 CORPUS = ["the cat sat on the mat and looked at the dog across the room for a very long time",
           "an entirely different sentence about trains stations and timetables in the north"]
@@ -34,3 +34,22 @@ def test_short_and_empty_items():
     assert hits.tolist() == [0, 0, 0] and np.isfinite(fraction).all()
     short_index = ngram_index(["the cat sat"], 13)             # a short text is one n-gram of all its words
     assert ngram_overlap(["The cat, sat!"], short_index, 13)[0].tolist() == [1]
+
+
+def test_windows_cover_a_long_text_with_half_overlap():
+    text = " ".join(f"w{i}" for i in range(100))
+    windows = word_windows([text, "short text"], 40)
+    assert windows[0].split() == [f"w{i}" for i in range(40)] and windows[1].split()[0] == "w20"
+    assert windows[-2].split()[-1] == "w99" and windows[-1] == "short text"
+
+
+def test_minhash_finds_a_copied_window_and_nothing_for_an_unrelated_item():
+    rng = np.random.default_rng(0)
+    vocabulary = [f"token{i}" for i in range(5000)]
+    corpus = [" ".join(rng.choice(vocabulary, 400)) for _ in range(5)]
+    windows = word_windows(corpus, 64)
+    copied = windows[7].replace(" ", "  ").upper()                 # reformatted: the same words
+    unrelated = " ".join(rng.choice(["alpha", "beta", "gamma", "delta"], 64))
+    best, where = near_duplicates([copied, unrelated], windows, threshold=0.5)
+    assert best[0] == 1.0 and where[0] == 7
+    assert best[1] == 0.0 and where[1] == -1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.dedup import MinHasher
+from shared.dedup import LSHIndex, MinHasher, estimate_jaccard, words
 
 
 def ngram_index(training_texts: list[str], n: int = 13) -> np.ndarray:
@@ -30,3 +30,37 @@ def ngram_overlap(items: list[str], index: np.ndarray, n: int = 13) -> tuple[np.
     nonempty = counts > 0
     hits[nonempty] = np.add.reduceat(found, starts[nonempty]) if found.size else 0
     return hits, hits / np.maximum(counts, 1)
+
+
+# ---- ch05_evaluation/04_contamination.ipynb
+def word_windows(texts: list[str], size: int = 64) -> list[str]:
+    """Every text cut into windows of `size` words overlapping by half (chapter 2's words), so that a short
+    benchmark item can be compared with a stretch of a long document of about its own length."""
+    windows = []
+    for text in texts:
+        w = words(text)
+        windows += [" ".join(w[i:i + size]) for i in range(0, max(len(w) - size // 2, 1), size // 2)]
+    return windows
+
+
+def near_duplicates(items: list[str], windows: list[str], threshold: float = 0.5, num_perm: int = 128,
+                    ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """For each item: (the best MinHash-estimated Jaccard with any window among its LSH candidates, that window's
+    index or -1). Chapter 2's MinHash and LSH bands, joined by sorting rather than comparing every pair."""
+    hasher = MinHasher(num_perm=num_perm, ngram=ngram)
+    item_sig, window_sig = hasher.signatures(items), hasher.signatures(windows)
+    lsh = LSHIndex.for_threshold(threshold, num_perm)
+    item_keys, window_keys = lsh.band_keys(item_sig), lsh.band_keys(window_sig)
+    best, where = np.zeros(len(items)), np.full(len(items), -1)
+    for band in range(lsh.bands):
+        order = np.argsort(window_keys[:, band], kind="stable")
+        keys = window_keys[order, band]
+        lo = np.searchsorted(keys, item_keys[:, band], "left")
+        hi = np.searchsorted(keys, item_keys[:, band], "right")
+        for i in np.nonzero(hi > lo)[0]:
+            candidates = order[lo[i]:hi[i]]
+            estimate = estimate_jaccard(item_sig[i][None], window_sig[candidates])
+            j = int(np.argmax(estimate))
+            if estimate[j] > best[i]:
+                best[i], where[i] = estimate[j], candidates[j]
+    return best, where
