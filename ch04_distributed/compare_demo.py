@@ -12,24 +12,20 @@ Rank 0 prints (or writes with --out) the results as JSON. On CPU it uses gloo.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
-from shared.files import atomic_write
 from shared.model import GPT, GPTConfig, num_parameters
 from shared.parallel import sharded, tensor
 from shared.parallel.comm import CollectiveCounter
 from shared.parallel.data import count_ddp_all_reduces
-from shared.parallel.runtime import init_distributed, launched_by_torchrun, shutdown_distributed
+from shared.parallel.runtime import add_out_argument, distributed, require_torchrun, write_result
 
 STRATEGIES = ("ddp", "tp", "fsdp")
 
@@ -44,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-head", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--out", type=Path, help="write rank 0's results here as JSON (default: print them)")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     if min(args.steps, args.batch, args.seq_len) < 1:
         parser.error("--steps, --batch and --seq-len must be positive")
@@ -127,12 +123,9 @@ def run_strategy(strategy: str, config: GPTConfig, args, ctx, x, y) -> dict:
 @record
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not launched_by_torchrun():
-        raise SystemExit("run me under torchrun: python -m torch.distributed.run --nproc-per-node 2 "
-                         "ch04_distributed/compare_demo.py")
+    require_torchrun("ch04_distributed/compare_demo.py")
     check(args, int(os.environ["WORLD_SIZE"]))
-    ctx = init_distributed("cpu", timeout_s=120)
-    try:
+    with distributed("cpu", timeout_s=120) as ctx:
         config = model_config(args)
         batch = torch.randint(args.vocab, (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(1))
         x, y = batch[:, :-1], batch[:, 1:]
@@ -141,10 +134,7 @@ def main(argv=None) -> None:
         for strategy in args.strategies:
             results["strategies"][strategy] = run_strategy(strategy, config, args, ctx, x, y)
         if ctx.is_main:
-            text = json.dumps(results, indent=1)
-            atomic_write(args.out, text) if args.out else print(text)
-    finally:
-        shutdown_distributed(ctx)
+            write_result(results, args.out)
 
 
 if __name__ == "__main__":

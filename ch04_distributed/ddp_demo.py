@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,11 +26,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from shared.files import atomic_write
 from shared.model import GPT, GPTConfig
 from shared.parallel.data import (BucketedDataParallel, CommStats, NaiveDataParallel, bucket_layout,
                                   count_ddp_all_reduces)
-from shared.parallel.runtime import init_distributed, shutdown_distributed
+from shared.parallel.runtime import add_out_argument, distributed, run_torchrun_json, write_result
 
 IMPLS = ("none", "naive", "bucketed", "torch")
 
@@ -61,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="skip the single-process reference (for timing)")
     parser.add_argument("--trace", action="store_true", help="bucketed: record one step's bucket timeline")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    parser.add_argument("--out", type=Path, help="write rank 0's results here as JSON (default: print them)")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     for name in ("steps", "batch", "accum", "seq_len", "threads"):
         if getattr(args, name) < 1:
@@ -196,46 +191,25 @@ def run(args, ctx) -> dict:
 
 def launch(nproc: int, *args: str, timeout: float = 300) -> dict:
     """Run this script on nproc gloo ranks under torchrun (from a notebook, a test or a benchmark) and return rank
-    0's results. torchrun is started as `python -m torch.distributed.run` (a notebook kernel's PATH may not have
-    it) in a session of its own, so that a timeout kills torchrun and every worker, not just torchrun."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               str(Path(__file__).resolve()), *args, "--out", str(out)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            log, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.communicate()
-            raise
-        if proc.returncode != 0:
-            raise RuntimeError(f"torchrun failed (exit {proc.returncode}):\n{log[-3000:]}")
-        return json.loads(out.read_text(encoding="utf-8"))
+    0's results (shared.parallel.runtime.run_torchrun_json)."""
+    return run_torchrun_json(Path(__file__).resolve(), *args, nproc=nproc, timeout=timeout)
 
 
 @record
 def main(argv=None) -> None:
     args = parse_args(argv)
-    ctx = init_distributed("cpu", timeout_s=120)
-    if args.impl != "none" and not ctx.distributed:
-        raise SystemExit(f"--impl {args.impl} needs ranks: run me under torchrun, e.g. python -m "
-                         f"torch.distributed.run --nproc-per-node 2 {sys.argv[0]} --impl {args.impl}")
-    if args.impl == "none" and ctx.world_size > 1:
-        raise SystemExit("--impl none trains one process; run it without torchrun")
-    try:
-        result = run(args, ctx)
+    with distributed("cpu", timeout_s=120) as ctx:
+        if args.impl != "none" and not ctx.distributed:
+            raise SystemExit(f"--impl {args.impl} needs ranks: run me under torchrun, e.g. python -m "
+                             f"torch.distributed.run --nproc-per-node 2 {sys.argv[0]} --impl {args.impl}")
+        if args.impl == "none" and ctx.world_size > 1:
+            raise SystemExit("--impl none trains one process; run it without torchrun")
+        try:
+            result = run(args, ctx)
+        except ValueError as e:
+            raise SystemExit(f"ddp_demo.py: {e}") from None
         if ctx.is_main:
-            text = json.dumps(result, indent=1)
-            if args.out:
-                atomic_write(args.out, text)
-            else:
-                print(text)
-    except ValueError as e:
-        raise SystemExit(f"ddp_demo.py: {e}") from None
-    finally:
-        shutdown_distributed(ctx)
+            write_result(result, args.out)
 
 
 if __name__ == "__main__":

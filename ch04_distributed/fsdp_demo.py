@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from shared.files import atomic_write
 from shared.model import GPT, GPTConfig
 from shared.parallel import sharded
 from shared.parallel.comm import CollectiveCounter
-from shared.parallel.runtime import init_distributed, launched_by_torchrun, shutdown_distributed
+from shared.parallel.runtime import add_out_argument, distributed, require_torchrun, write_result
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--save", type=Path, help="write a DCP checkpoint (model + optimizer) here at the end")
     parser.add_argument("--resume", type=Path, help="load this DCP checkpoint before training")
     parser.add_argument("--full-state", type=Path, help="rank 0 writes the final unsharded weights here")
-    parser.add_argument("--out", type=Path, help="write rank 0's results here as JSON (default: print them)")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     if min(args.steps, args.batch, args.seq_len) < 1:
         parser.error("--steps, --batch and --seq-len must be positive")
@@ -63,19 +62,13 @@ def max_diff(a: dict, b: dict) -> float:
 @record
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not launched_by_torchrun():
-        raise SystemExit("run me under torchrun: python -m torch.distributed.run --nproc-per-node 2 "
-                         "ch04_distributed/fsdp_demo.py")
-    ctx = init_distributed("cpu", timeout_s=120)
-    try:
+    require_torchrun("ch04_distributed/fsdp_demo.py")
+    with distributed("cpu", timeout_s=120) as ctx:
         if args.batch % ctx.world_size:
             raise SystemExit(f"--batch {args.batch} does not split evenly across {ctx.world_size} ranks")
         result = run(args, ctx)
         if ctx.is_main:
-            text = json.dumps(result, indent=1)
-            atomic_write(args.out, text) if args.out else print(text)
-    finally:
-        shutdown_distributed(ctx)
+            write_result(result, args.out)
 
 
 def run(args, ctx) -> dict:

@@ -10,18 +10,15 @@ kind of parallelism), and proves each group works with an all-reduce of the memb
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from shared.files import atomic_write
-from shared.parallel.runtime import init_distributed, launched_by_torchrun, shutdown_distributed
+from shared.parallel.runtime import add_out_argument, distributed, require_torchrun, write_result
 
 DIMS = ("pp", "dp", "tp")        # outermost to innermost: tensor-parallel ranks are neighbours (one node, NVLink)
 
@@ -30,22 +27,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=[2, 2, 2], metavar=("PP", "DP", "TP"),
                         help="pipeline x data x tensor parallel degrees; their product is the number of ranks")
-    parser.add_argument("--out", type=Path, help="write rank 0's results here as JSON (default: print them)")
+    add_out_argument(parser)
     return parser.parse_args(argv)
 
 
 @record
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not launched_by_torchrun():
-        raise SystemExit("run me under torchrun: python -m torch.distributed.run --nproc-per-node 8 "
-                         "ch04_distributed/mesh_demo.py")
+    require_torchrun("ch04_distributed/mesh_demo.py", nproc=8)
     world = int(os.environ["WORLD_SIZE"])
     if min(args.shape) < 1 or math.prod(args.shape) != world:
         raise SystemExit(f"mesh_demo.py: --shape {' x '.join(map(str, args.shape))} needs "
                          f"{math.prod(args.shape)} ranks, this job has {world}")
-    ctx = init_distributed("cpu", timeout_s=120)
-    try:
+    with distributed("cpu", timeout_s=120) as ctx:
         mesh = init_device_mesh("cpu", tuple(args.shape), mesh_dim_names=DIMS)
         me = {"rank": ctx.rank, "coordinate": dict(zip(DIMS, mesh.get_coordinate())), "groups": {}, "sums": {}}
         for dim in DIMS:
@@ -58,10 +52,7 @@ def main(argv=None) -> None:
         dist.all_gather_object(everyone, me, group=ctx.group)
         if ctx.is_main:
             result = {"shape": dict(zip(DIMS, args.shape)), "mesh": mesh.mesh.tolist(), "ranks": everyone}
-            text = json.dumps(result, indent=1)
-            atomic_write(args.out, text) if args.out else print(text)
-    finally:
-        shutdown_distributed(ctx)
+            write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from shared.files import atomic_write
 from shared.model import GPT, GPTConfig
 from shared.parallel import tensor as tp
 from shared.parallel.comm import CollectiveCounter
-from shared.parallel.runtime import init_distributed, launched_by_torchrun, shutdown_distributed
+from shared.parallel.runtime import add_out_argument, distributed, require_torchrun, write_result
 from shared.training import accumulate_gradients, parameter_groups
 
 
@@ -50,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-tolerance", type=float, default=1e-4,
                         help="the same for the weights after --steps AdamW steps (Adam divides by sqrt(v), so it "
                              "amplifies rounding differences in tiny gradients)")
-    parser.add_argument("--out", type=Path, help="write rank 0's results here as JSON (default: print them)")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     if args.sequence_parallel and args.impl != "dtensor":
         parser.error("--sequence-parallel needs --impl dtensor")
@@ -144,25 +141,16 @@ def clip(model, args, ctx, max_norm: float):
 @record
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not launched_by_torchrun():
-        raise SystemExit("run me under torchrun: python -m torch.distributed.run --nproc-per-node 2 "
-                         "ch04_distributed/tp_demo.py")
+    require_torchrun("ch04_distributed/tp_demo.py")
     warnings.filterwarnings("ignore", message="Full backward hook")      # from torch's PrepareModuleInput
     try:                                # an impossible split fails here, in one line, before any rank starts work
         tp.check_tensor_parallel_degree(model_config(args), int(os.environ["WORLD_SIZE"]))
     except ValueError as e:
         raise SystemExit(f"tp_demo.py: {e}") from None
-    ctx = init_distributed("cpu", timeout_s=120)
-    try:
+    with distributed("cpu", timeout_s=120) as ctx:
         result = run(args, ctx)
         if ctx.is_main:
-            text = json.dumps(result, indent=1)
-            if args.out:
-                atomic_write(args.out, text)
-            else:
-                print(text)
-    finally:
-        shutdown_distributed(ctx)
+            write_result(result, args.out)
 
 
 def model_config(args) -> GPTConfig:

@@ -1,5 +1,6 @@
 """Data parallelism (shared.parallel.data) against single-process training, on real processes: this file is also
-the torchrun worker (`python -m torch.distributed.run ... tests/test_data_parallel.py OUT.json`). Each launch (2
+the torchrun worker (`python -m torch.distributed.run ... tests/test_data_parallel.py --out OUT.json`, the `ranks`
+fixture of tests/conftest.py). Each launch (2
 and 4 gloo ranks) trains with NaiveDataParallel, BucketedDataParallel and torch's DistributedDataParallel through
 ch04_distributed/ddp_demo.py's step (every rank also trains the unwrapped model on the whole global batch) and
 rank 0 writes the measured differences and the counted all-reduces; the tests below assert on them.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn as nn
 
 from shared.model import GPT, GPTConfig
 from shared.parallel.data import BucketedDataParallel, NaiveDataParallel, assign_buckets, bucket_layout
+from shared.parallel.runtime import distributed, run_torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "ch04_distributed" / "ddp_demo.py"
@@ -47,10 +47,8 @@ def mlp() -> nn.Module:
 # ---------------------------------------------------------------- the worker (runs under torchrun)
 
 def worker(out_path: str) -> None:
-    from shared.parallel.runtime import init_distributed, shutdown_distributed
     demo = load_demo()
-    ctx = init_distributed("cpu", timeout_s=60)
-    try:
+    with distributed("cpu", timeout_s=60) as ctx:                # shutdown: gc.collect(), then destroy the group
         def run(*flags):
             return demo.run(demo.parse_args([*flags, "--steps", str(STEPS), "--batch", str(BATCH),
                                              "--bucket-cap-mb", str(SMALL_CAP_MB)]), ctx)
@@ -65,23 +63,6 @@ def worker(out_path: str) -> None:
         results["mlp_naive_hooks"] = len(NaiveDataParallel(mlp(), ctx.group)._hooks)
         if ctx.is_main:
             Path(out_path).write_text(json.dumps(results), encoding="utf-8")
-    finally:
-        shutdown_distributed(ctx)                # gc.collect() first, then destroy_process_group
-
-
-def torchrun(nproc: int, script: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           str(script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-@pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
-def ranks(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dp") / "results.json"
-    proc = torchrun(request.param, Path(__file__), str(out))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return request.param, json.loads(out.read_text(encoding="utf-8"))
 
 
 def n_params() -> int:
@@ -208,10 +189,10 @@ def test_a_missing_group_is_a_clear_error():
 
 
 def test_demo_refuses_a_batch_that_does_not_split():
-    proc = torchrun(2, DEMO, "--impl", "naive", "--batch", "6", "--accum", "2")
+    proc = run_torchrun(DEMO, "--impl", "naive", "--batch", "6", "--accum", "2", nproc=2, timeout=240, cwd=ROOT)
     assert proc.returncode != 0
-    assert "must be a multiple of ranks x --accum = 2 x 2" in proc.stdout + proc.stderr
+    assert "must be a multiple of ranks x --accum = 2 x 2" in proc.stdout
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1])
+    worker(sys.argv[sys.argv.index("--out") + 1])

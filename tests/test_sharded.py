@@ -4,11 +4,7 @@ against the calculator and the formula; DCP checkpoints that resume bit for bit 
 Tolerance for the weights after 4 AdamW steps: 1e-4 (fp32; Adam magnifies rounding in tiny gradients)."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +12,7 @@ import torch
 
 from shared.model import GPT, GPTConfig, num_parameters
 from shared.parallel import sharded
+from shared.parallel.runtime import run_torchrun_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "ch04_distributed" / "fsdp_demo.py"
@@ -23,25 +20,20 @@ SMALL = GPTConfig(vocab_size=512, block_size=32, n_layer=2, n_head=4, n_embd=64)
 TRAIN_TOL = 1e-4
 
 
-def fsdp_demo(nproc: int, out: Path, *args: str) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           str(DEMO), *args, "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(out.read_text(encoding="utf-8"))
+def fsdp_demo(nproc: int, *args: str) -> dict:
+    return run_torchrun_json(DEMO, *args, nproc=nproc, timeout=240, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("fsdp")
     return work, {
-        "straight": fsdp_demo(2, work / "a.json", "--steps", "4", "--full-state", str(work / "straight.pt")),
-        "first": fsdp_demo(2, work / "b.json", "--steps", "2", "--save", str(work / "ckpt"),
+        "straight": fsdp_demo(2, "--steps", "4", "--full-state", str(work / "straight.pt")),
+        "first": fsdp_demo(2, "--steps", "2", "--save", str(work / "ckpt"),
                            "--full-state", str(work / "after2.pt")),
-        "resumed": fsdp_demo(2, work / "c.json", "--steps", "2", "--resume", str(work / "ckpt"),
+        "resumed": fsdp_demo(2, "--steps", "2", "--resume", str(work / "ckpt"),
                              "--full-state", str(work / "resumed.pt")),
-        "four": fsdp_demo(4, work / "d.json", "--steps", "4"),
+        "four": fsdp_demo(4, "--steps", "4"),
     }
 
 
@@ -166,15 +158,9 @@ def test_calculator_rejects_impossible_input():
 
 # ---------------------------------------------------------------- DDP, TP and FSDP side by side (compare_demo.py)
 
-def test_ddp_tp_fsdp_bytes_and_memory_equal_the_formulas(tmp_path):
-    out = tmp_path / "compare.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(ROOT / "ch04_distributed" / "compare_demo.py"), "--steps", "1", "--n-layer", "2", "--n-embd", "64",
-           "--vocab", "256", "--seq-len", "16", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(out.read_text(encoding="utf-8"))
+def test_ddp_tp_fsdp_bytes_and_memory_equal_the_formulas():
+    r = run_torchrun_json(ROOT / "ch04_distributed" / "compare_demo.py", "--steps", "1", "--n-layer", "2",
+                          "--n-embd", "64", "--vocab", "256", "--seq-len", "16", nproc=2, timeout=240, cwd=ROOT)
     config = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=4, n_embd=64)
     psi = num_parameters(config)
     s = r["strategies"]
@@ -188,8 +174,8 @@ def test_ddp_tp_fsdp_bytes_and_memory_equal_the_formulas(tmp_path):
 
 # ---------------------------------------------------------------- ZeRO-1 from scratch
 
-def test_zero1_from_scratch_equals_single_process_and_shards_the_optimizer(tmp_path):
-    r = fsdp_demo(2, tmp_path / "zero1.json", "--strategy", "zero1", "--steps", "4")
+def test_zero1_from_scratch_equals_single_process_and_shards_the_optimizer():
+    r = fsdp_demo(2, "--strategy", "zero1", "--steps", "4")
     psi, n = num_parameters(SMALL), 2
     assert r["trained_diff"] <= TRAIN_TOL
     assert max(abs(a - b) for a, b in zip(r["losses"], r["reference_losses"])) <= TRAIN_TOL
@@ -208,10 +194,10 @@ def test_zero1_needs_a_group():
         sharded.ZeRO1AdamW(GPT(SMALL).parameters(), None, lr=1e-3)
 
 
-def test_zero1_pads_shards_when_the_ranks_do_not_divide_the_parameters(tmp_path):
+def test_zero1_pads_shards_when_the_ranks_do_not_divide_the_parameters():
     n, psi = 3, num_parameters(SMALL)
     assert psi % n != 0                                       # 134,912 = 3 x 44,970 + 2: the last shard is padded
-    r = fsdp_demo(n, tmp_path / "zero1_3.json", "--strategy", "zero1", "--steps", "3", "--batch", "6")
+    r = fsdp_demo(n, "--strategy", "zero1", "--steps", "3", "--batch", "6")
     # The averaged gradients agree with one process to 6e-8 (measured once), but some gradients are ~1e-8, where
     # Adam's first step, lr * g / (|g| + 1e-8), turns that rounding into up to ~2e-4 of weight: a looser bound here.
     # A misplaced shard would be off by the whole learning rate (3e-3) or wreck the loss.

@@ -1,16 +1,12 @@
 """Tensor parallelism (shared.parallel.tensor, shared.parallel.comm) against the unsharded modules, on real
 processes (and, on 4 ranks, a 2 x 2 data x tensor parallel mesh): this file is also the torchrun worker (`python -m torch.distributed.run ... tests/test_tensor_parallel.py
-OUT.json`). Each launch (2 and 4 ranks, gloo) runs every check once and rank 0 writes the measured differences and
+--out OUT.json`, the `ranks` fixture of tests/conftest.py). Each launch (2 and 4 ranks, gloo) runs every check once and rank 0 writes the measured differences and
 counts; the tests below assert on them. Tolerances (fp32): 1e-5 for one forward/backward, 1e-4 for the weights after
 a few AdamW steps (Adam divides by sqrt(v) and so magnifies rounding differences in tiny gradients)."""
 from __future__ import annotations
 
 import copy
-import datetime
-import gc
 import json
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -23,6 +19,7 @@ from shared.block import Block
 from shared.model import GPT, GPTConfig
 from shared.parallel import tensor as tp
 from shared.parallel.comm import CollectiveCounter, ring_all_reduce_traffic
+from shared.parallel.runtime import distributed, run_torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 FORWARD_TOL, TRAIN_TOL = 1e-5, 1e-4
@@ -227,36 +224,16 @@ def dist_ranks(group) -> list[int]:
 
 
 def worker(out_path: str) -> None:
-    import torch.distributed as dist
     warnings.filterwarnings("ignore", message="Full backward hook")
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    group, rank, p = dist.group.WORLD, dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
-    try:
+    with distributed("cpu", timeout_s=60) as ctx:            # shutdown: gc.collect(), then destroy the group
+        group, rank, p = ctx.group, ctx.rank, ctx.world_size
         results = {"linears": _check_linears(group, rank, p), "block": _check_block(group, rank, p),
                    "gpt": _check_gpt(group, rank, p), "dtensor": _check_dtensor(rank, p)}
         if p == 4:
             results["dp_x_tp"] = _check_dp_x_tp(rank)
         if rank == 0:
             Path(out_path).write_text(json.dumps(results), encoding="utf-8")
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
-
-
-def torchrun(nproc: int, script: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           str(script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-@pytest.fixture(scope="module", params=[2, 4], ids=["2 ranks", "4 ranks"])
-def ranks(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tp") / "results.json"
-    proc = torchrun(request.param, Path(__file__), str(out))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return request.param, json.loads(out.read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- tests on real ranks
@@ -371,10 +348,10 @@ def test_byte_formula_by_hand():
 
 
 def test_demo_script_refuses_a_degree_that_does_not_divide_the_heads():
-    proc = torchrun(3, ROOT / "ch04_distributed" / "tp_demo.py", "--steps", "1")
+    proc = run_torchrun(ROOT / "ch04_distributed" / "tp_demo.py", "--steps", "1", nproc=3, timeout=240, cwd=ROOT)
     assert proc.returncode != 0
-    assert "n_head divisible by 3" in proc.stdout + proc.stderr
+    assert "n_head divisible by 3" in proc.stdout
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1])
+    worker(sys.argv[sys.argv.index("--out") + 1])

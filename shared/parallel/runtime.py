@@ -8,12 +8,15 @@ starting anything, so the same script runs on a laptop and on a cluster.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from shared.device import pick_device
+from shared.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,38 @@ def shutdown_distributed(ctx: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def distributed(device: str = "auto", backend: str | None = None, timeout_s: float = 300):
+    """`with distributed("cpu", timeout_s=120) as ctx:` joins the job (init_distributed) and always leaves it
+    (shutdown_distributed), also when the body raises."""
+    ctx = init_distributed(device, backend, timeout_s)
+    try:
+        yield ctx
+    finally:
+        shutdown_distributed(ctx)
+
+
+# ------------------------------------------------------------------ the chapter-4 demo scripts' common ends
+def require_torchrun(script: str, nproc: int = 2) -> None:
+    """A script that needs ranks, started as a plain `python script.py`, ends in one line saying how to run it."""
+    if not launched_by_torchrun():
+        raise SystemExit(f"run me under torchrun: python -m torch.distributed.run --nproc-per-node {nproc} {script}")
+
+
+def add_out_argument(parser) -> None:
+    """The `--out FILE` every demo takes: where rank 0 writes its results (run_torchrun_json reads them there)."""
+    parser.add_argument("--out", type=Path, help="write rank 0's results here as JSON (default: print them)")
+
+
+def write_result(result: dict, out: Path | None) -> None:
+    """Rank 0's results as JSON: written atomically to `out`, or printed when there is none."""
+    text = json.dumps(result, indent=1)
+    if out:
+        atomic_write(out, text)
+    else:
+        print(text)
+
+
 # ------------------------------------------------------------------ launching torchrun from Python (notebooks, tests)
 def torchrun_command(script: str | Path, *args, nproc: int = 2, rendezvous: tuple[str, ...] = ("--standalone",)
                      ) -> list[str]:
@@ -117,3 +153,16 @@ def run_torchrun(script: str | Path, *args, nproc: int = 2, timeout: float = 300
     """Run `script args` on `nproc` local ranks under torchrun and wait (see start_torchrun / finish_torchrun)."""
     return finish_torchrun(start_torchrun(script, *args, nproc=nproc, env=env, cwd=cwd, rendezvous=rendezvous),
                            timeout)
+
+
+def run_torchrun_json(script: str | Path, *args, nproc: int = 2, timeout: float = 300, env: dict | None = None,
+                      cwd: str | Path | None = None) -> dict:
+    """Run a script that takes `--out FILE` (a chapter-4 demo, or a test file that is its own worker) under
+    torchrun and return the JSON rank 0 wrote there. A failed job raises RuntimeError with the end of its output."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        proc = run_torchrun(script, *args, "--out", out, nproc=nproc, timeout=timeout, env=env, cwd=cwd)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torchrun {Path(script).name} failed (exit {proc.returncode}):\n"
+                               f"{proc.stdout[-3000:]}")
+        return json.loads(out.read_text(encoding="utf-8"))

@@ -13,32 +13,18 @@ two threads is no fair baseline on a shared machine: OpenMP threads that wait fo
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from shared.model import GPTConfig, num_parameters          # noqa: E402
+from shared.parallel.runtime import run_torchrun_json       # noqa: E402
 from shared.parallel.sharded import memory_per_rank          # noqa: E402
 
 DEMO = ROOT / "ch04_distributed" / "compare_demo.py"
-
-
-def launch(nproc: int, extra: list[str]) -> dict:
-    out = Path(tempfile.mkdtemp()) / "result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           str(DEMO), *extra, "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"compare_demo.py with {nproc} process(es) failed:\n{proc.stderr[-3000:]}")
-    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def throughput_table(args) -> str:
@@ -47,7 +33,7 @@ def throughput_table(args) -> str:
     runs = {1: [], 2: []}
     for _ in range(args.repeats):
         for nproc in (1, 2):
-            runs[nproc].append(launch(nproc, extra))
+            runs[nproc].append(run_torchrun_json(DEMO, *extra, nproc=nproc, timeout=900, cwd=ROOT))
     first = runs[2][0]
     lines = [f"model: {first['num_params']:,} parameters (n_layer={args.n_layer}, n_embd={args.n_embd}), global batch "
              f"{args.batch} x {args.seq_len} tokens; median of {args.repeats} runs of {args.steps} steps",
