@@ -206,3 +206,9 @@ def test_zero1_pads_shards_when_the_ranks_do_not_divide_the_parameters():
     shard = math.ceil(psi / n)
     assert all(m["optimizer"] == 8 * shard for m in r["memory_per_rank"])
     assert r["comm_per_step"]["bytes"]["reduce_scatter"] == 4 * n * shard
+
+
+def test_a_failed_demo_run_raises_with_the_scripts_one_line_error():
+    # run_torchrun_json: a job that exits non-zero raises RuntimeError carrying the end of its output
+    with pytest.raises(RuntimeError, match="--batch 8 does not split evenly across 3 ranks"):
+        fsdp_demo(3, "--batch", "8", "--steps", "1")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -351,6 +353,15 @@ def test_demo_script_refuses_a_degree_that_does_not_divide_the_heads():
     proc = run_torchrun(ROOT / "ch04_distributed" / "tp_demo.py", "--steps", "1", nproc=3, timeout=240, cwd=ROOT)
     assert proc.returncode != 0
     assert "n_head divisible by 3" in proc.stdout
+
+
+
+def test_demo_script_started_without_torchrun_says_how_to_run_it():
+    proc = subprocess.run([sys.executable, str(ROOT / "ch04_distributed" / "tp_demo.py")], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "RANK"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("run me under torchrun: python -m torch.distributed.run --nproc-per-node 2 "
+                                   "ch04_distributed/tp_demo.py")
 
 
 if __name__ == "__main__":
