@@ -5,7 +5,6 @@ Tolerance (fp32): gradients 1e-6 (one matmul over the batch and k smaller ones a
 order: ~3e-8 measured); weights after AdamW steps 1e-4 (Adam magnifies rounding in tiny gradients)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from shared.memory import SavedTensorBytes
 from shared.model import GPT, GPTConfig
+from shared.parallel.runtime import run_torchrun_json
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAD_TOL, WEIGHT_TOL = 1e-6, 1e-4
@@ -80,19 +80,11 @@ def test_activation_memory_is_proportional_to_the_micro_batch(setup):
     assert saved[8] - saved[4] == 2 * (saved[4] - saved[2])
 
 
-@pytest.fixture(scope="module")
-def demo():
-    spec = importlib.util.spec_from_file_location("ddp_demo", ROOT / "ch04_distributed" / "ddp_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_no_sync_gives_one_all_reduce_per_step_on_real_ranks(demo):
+def test_no_sync_gives_one_all_reduce_per_step_on_real_ranks():
     # torch's DDP here (tests/test_data_parallel.py does every wrapper with k=2)
-    common = ("--impl", "torch", "--accum", "4", "--steps", "3")
-    quiet = demo.launch(2, *common, timeout=180)
-    chatty = demo.launch(2, *common, "--sync-every-micro-batch", timeout=180)
+    demo, common = ROOT / "ch04_distributed" / "ddp_demo.py", ("--impl", "torch", "--accum", "4", "--steps", "3")
+    quiet = run_torchrun_json(demo, *common, nproc=2, timeout=180)
+    chatty = run_torchrun_json(demo, *common, "--sync-every-micro-batch", nproc=2, timeout=180)
     n_bytes = 4 * quiet["params"]
     # the whole tiny model fits one bucket of the default 25 MiB cap, so one round = one call
     assert quiet["calls"] == [1, 1, 1] and quiet["bytes"] == [n_bytes] * 3

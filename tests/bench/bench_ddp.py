@@ -14,16 +14,16 @@ reports the median time of its steps after a warm-up step; the table shows the m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-spec = importlib.util.spec_from_file_location("ddp_demo", ROOT / "ch04_distributed" / "ddp_demo.py")
-ddp_demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ddp_demo)
+
+from shared.parallel.runtime import run_torchrun_json       # noqa: E402
+
+DEMO = ROOT / "ch04_distributed" / "ddp_demo.py"
 
 CONFIGS = (("1 process", 1, "none"), ("2 ranks, naive (ours)", 2, "naive"),
            ("2 ranks, bucketed (ours)", 2, "bucketed"), ("2 ranks, torch DDP", 2, "torch"))
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     runs = {name: [] for name, _, _ in CONFIGS}
     for repeat in range(args.repeats):
         for name, nproc, impl in CONFIGS:
-            runs[name].append(ddp_demo.launch(nproc, "--impl", impl, *common, timeout=1800))
+            runs[name].append(run_torchrun_json(DEMO, "--impl", impl, *common, nproc=nproc, timeout=1800))
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
     params = runs["1 process"][0]["params"]
