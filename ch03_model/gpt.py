@@ -112,7 +112,7 @@ def cmd_memory(args) -> int:
         columns += ("seconds",)
     print(results_table(results, columns))
     print("saved = bytes autograd keeps for backward (exact); formula = shared.memory.model_activation_bytes; "
-          "CUDA peak = torch.cuda.max_memory_allocated above the weights; time = best of --repeats steps")
+          "CUDA peak = torch.cuda.max_memory_allocated above the weights; time = median of --repeats steps")
     return 0
 
 
@@ -158,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
                    help="forward configurations (shared.memory.FORWARD_CONFIGS)")
     m.add_argument("--seq-lens", nargs="+", type=int, default=[128, 256, 512, 1024], help="sequence lengths")
     m.add_argument("--batch", type=int, default=1, help="sequences per step")
-    m.add_argument("--repeats", type=int, default=3, help="timed steps (best is reported); 0 = memory only")
+    m.add_argument("--repeats", type=int, default=5, help="timed steps (the median is reported); 0 = memory only")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     m.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs (default: torch's)")
     m.set_defaults(func=cmd_memory)

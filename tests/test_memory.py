@@ -171,4 +171,4 @@ def test_script_memory_and_generate_run(tmp_path):
     result = run_script("generate", "--preset", "tiny", "--max-new-tokens", "3", "--device", "cpu")
     assert result.returncode == 0 and "RANDOM weights" in result.stderr
     result = run_script("generate", "--checkpoint", str(tmp_path / "missing.pt"))
-    assert result.returncode != 0 and "no such file" in result.stderr
+    assert result.returncode != 0 and "no such checkpoint" in result.stderr and "Traceback" not in result.stderr

@@ -3,7 +3,7 @@
 Configurations (shared.memory.FORWARD_CONFIGS): naive attention, fused SDPA, SDPA under bf16 autocast, SDPA with
 activation checkpointing, and both. The baseline is the `naive` configuration, measured in the same run; every row
 shows its ratio to naive at the same sequence length. Memory: the bytes autograd saves for backward (exact, any
-device) and, on CUDA, the allocator's peak above the weights (torch.cuda.max_memory_allocated). Time: best of
+device) and, on CUDA, the allocator's peak above the weights (torch.cuda.max_memory_allocated). Time: median of
 --repeats steps after a warm-up (torch.cuda.synchronize around each step on CUDA).
 
     python tests/bench/bench_memory.py --threads 1                     # CPU: laptop blocks, vocabulary 256
@@ -29,7 +29,7 @@ def main() -> None:
                    help="256 keeps the output head small so that the blocks dominate; 50257 for GPT-2's")
     p.add_argument("--seq-lens", nargs="+", type=int, default=[128, 256, 512, 1024])
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--configs", nargs="+", default=list(FORWARD_CONFIGS), choices=list(FORWARD_CONFIGS))
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads on CPU (1 gives stable timings on a busy machine)")
@@ -44,7 +44,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"bench_memory: preset {args.preset} (n_layer={config.n_layer}, n_head={config.n_head}, "
           f"n_embd={config.n_embd}), vocab {config.vocab_size}, batch {args.batch}, {device} ({where}), "
-          f"torch {torch.__version__}, best of {args.repeats}")
+          f"torch {torch.__version__}, median of {args.repeats}")
     start = time.perf_counter()
     results = {(c, s): measure_forward_backward(config, c, s, args.batch, device, args.repeats)
                for s in args.seq_lens for c in args.configs}
