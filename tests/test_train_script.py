@@ -1,6 +1,7 @@
 """ch04_distributed/train.py under torchrun with 2 CPU ranks (gloo) on chapter 2's real shards: it trains, logs,
 checkpoints and resumes; bad settings fail in one line before any process group starts; a killed rank ends the
 job within a minute."""
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from shared.checkpoint import latest_checkpoint, load_checkpoint
+from shared.parallel.runtime import finish_torchrun, run_torchrun, start_torchrun
 from shared.training import read_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,12 +36,14 @@ def data(tmp_path_factory):
     return out
 
 
-def torchrun(*args, ranks=2, timeout=300, **popen):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
-               str(SCRIPT), *args]
-    if popen:
-        return subprocess.Popen(command, env=ENV, start_new_session=True, **popen)
-    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+def torchrun(*args, ranks=2, timeout=300) -> subprocess.CompletedProcess:
+    """train.py under torchrun, waited for: exit code and the merged stdout and stderr (as .stdout)."""
+    return run_torchrun(SCRIPT, *args, nproc=ranks, timeout=timeout, env={"LLM_BOOK_OFFLINE": "1"})
+
+
+def start(*args, ranks=2) -> subprocess.Popen:
+    """train.py under torchrun, started (in a session of its own) and left running."""
+    return start_torchrun(SCRIPT, *args, nproc=ranks, env={"LLM_BOOK_OFFLINE": "1"})
 
 
 def _train_main():
@@ -76,7 +80,7 @@ def test_two_ranks_train_log_checkpoint_and_resume(tmp_path, data):
     out = tmp_path / "run"
     proc = torchrun("--data", str(data), "--out-dir", str(out), "--steps", "16", "--eval-every", "8",
                     "--ckpt-every", "8", *SMALL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:]
     assert "2 rank(s), strategy ddp" in proc.stdout
     log = read_log(out / "log.jsonl")
     steps = [r for r in log if r["kind"] == "train"]
@@ -89,7 +93,7 @@ def test_two_ranks_train_log_checkpoint_and_resume(tmp_path, data):
     assert payload["step"] == 16 and len(payload["rng"]) == 2 and payload["model_config"]["vocab_size"] == 50257
     # the same command again, without --resume, is refused before any work (the run is not overwritten)
     proc = torchrun("--data", str(data), "--out-dir", str(out), "--steps", "16", *SMALL)
-    assert proc.returncode != 0 and "add --resume" in proc.stderr
+    assert proc.returncode != 0 and "add --resume" in proc.stdout
 
 
 def test_resume_under_torchrun_equals_the_uninterrupted_run(tmp_path, data):
@@ -98,19 +102,19 @@ def test_resume_under_torchrun_equals_the_uninterrupted_run(tmp_path, data):
     full, part = tmp_path / "full", tmp_path / "part"
     assert torchrun("--out-dir", str(full), *common).returncode == 0
     # stop a run after its step-4 checkpoint: kill the whole job once latest.json names ckpt_0000004.pt
-    job = torchrun("--out-dir", str(part), *common, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = start("--out-dir", str(part), *common)
     deadline = time.time() + 240
     while time.time() < deadline and job.poll() is None:
         pointer = part / "latest.json"
         if pointer.exists() and json.loads(pointer.read_text(encoding="utf-8"))["step"] == 4:
-            os.killpg(job.pid, signal.SIGKILL)
+            _kill_job(job)
             break
         time.sleep(0.05)
-    job.wait(timeout=60)
+    finish_torchrun(job, timeout=60)
     if latest_checkpoint(part).name != "ckpt_0000004.pt":
         pytest.skip("the job finished before it could be killed (a very fast machine)")
     proc = torchrun("--out-dir", str(part), "--resume", *common)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:]
     a, b = load_checkpoint(part), load_checkpoint(full)
     assert a["step"] == b["step"] == 8
     assert all((a["model"][k] == b["model"][k]).all() for k in a["model"])
@@ -120,32 +124,41 @@ def test_resume_under_torchrun_equals_the_uninterrupted_run(tmp_path, data):
     # notebook 03's from-scratch bucketed DDP (tiny buckets: several per step) trains the same model
     bucketed = tmp_path / "bucketed"
     proc = torchrun("--out-dir", str(bucketed), "--strategy", "ddp_bucketed", "--bucket-cap-mb", "0.05", *common)
-    assert proc.returncode == 0 and "strategy ddp_bucketed" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == 0 and "strategy ddp_bucketed" in proc.stdout, proc.stdout[-3000:]
     c = load_checkpoint(bucketed)
     assert all(torch.allclose(c["model"][k], b["model"][k], atol=1e-6, rtol=0) for k in b["model"])
 
 
 def test_a_killed_rank_ends_the_job_within_a_minute(tmp_path, data):
     out = tmp_path / "run"
-    job = torchrun("--data", str(data), "--out-dir", str(out), "--steps", "100000", "--eval-every", "0", *SMALL,
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = start("--data", str(data), "--out-dir", str(out), "--steps", "100000", "--eval-every", "0", *SMALL)
     try:
         deadline = time.time() + 180
         while time.time() < deadline and len(read_log(out / "log.jsonl")) < 3:   # training is under way
-            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert job.poll() is None, job.communicate()[0][-3000:]
             time.sleep(0.2)
         rank1 = [p for p in psutil.Process(job.pid).children(recursive=True) if _rank_of(p) == "1"]
         assert len(rank1) == 1
         killed_at = time.time()
         rank1[0].send_signal(signal.SIGKILL)
-        _, stderr = job.communicate(timeout=60)
+        output = finish_torchrun(job, timeout=60).stdout
         elapsed = time.time() - killed_at
     finally:
         if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+            _kill_job(job)
     assert job.returncode != 0 and elapsed < 60
-    assert "ChildFailedError" in stderr or "FAILED" in stderr, stderr[-3000:]
-    assert "Signal 9 (SIGKILL)" in stderr or "SIGKILL" in stderr, stderr[-3000:]
+    assert "ChildFailedError" in output or "FAILED" in output, output[-3000:]
+    assert "Signal 9 (SIGKILL)" in output or "SIGKILL" in output, output[-3000:]
+
+
+def _kill_job(job) -> None:
+    """SIGKILL torchrun and every worker, as a crash would. torchrun starts each worker in a session of its own, so
+    killing torchrun's process group alone leaves them training to the end (and the resume test skipped)."""
+    workers = psutil.Process(job.pid).children(recursive=True)
+    os.killpg(job.pid, signal.SIGKILL)
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
 
 
 def _rank_of(process) -> str | None:
