@@ -129,7 +129,7 @@ class Bucket:
         self.reset()
 
     def reset(self) -> None:
-        self.pending, self.work, self.filled = len(self.params), None, set()
+        self.pending, self.work, self.traced, self.filled = len(self.params), None, None, set()
 
     def view_of(self, i: int) -> torch.Tensor:
         """The slice of the buffer that holds parameter i's gradient, shaped like the parameter."""
@@ -189,8 +189,8 @@ class BucketedDataParallel(_DataParallelBase):
             bucket.work = dist.all_reduce(bucket.buffer, group=self.group, async_op=True)
             self.stats.add(bucket.buffer)
             self._event(bucket, "launched")
-            if self.trace:
-                bucket.work.get_future().then(lambda _, b=bucket: self._event(b, "done"))
+            if self.trace:      # kept, and waited for in _finish_backward: no callback may outlive the step
+                bucket.traced = bucket.work.get_future().then(lambda _, b=bucket: self._event(b, "done"))
             self._next_bucket += 1
 
 
@@ -204,6 +204,8 @@ def _finish_backward(self: BucketedDataParallel) -> None:
     self._launch_ready_buckets()
     for bucket in self.buckets:
         bucket.work.wait()
+        if bucket.traced is not None:
+            bucket.traced.wait()
         for i, p in enumerate(bucket.params):
             if p.grad is None:
                 p.grad = bucket.view_of(i).clone()
