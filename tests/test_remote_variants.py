@@ -4,7 +4,8 @@
    settings `make test` uses.
 2. A notebook that offers a remote variant (one visible switch, `REMOTE = False`, in its first code cell) still runs
    with it. CI has no internet, so the remote sources are faked locally with data of the same shape: Tiny Shakespeare
-   is one document, FineWeb-Edu a small sample of web pages, codeparrot a few Python files. The cells that read and
+   is one document, FineWeb-Edu a small sample of web pages, codeparrot a few Python files, the SMS Spam Collection
+   the pinned subset of it, Dolly-15k HumanEval's prompts and solutions in Dolly's fields. The cells that read and
    split the data (tagged `data-path` in the notebook), after the library cells (`#| export`), run with the switch
    flipped; they are where a one-document
    corpus or a missing play crashed before. LLM_BOOK_REMOTE_FULL=1 runs every cell instead (minutes per notebook).
@@ -54,9 +55,18 @@ def _codeparrot():
     files = _registry.load("python_source")[:60:3]
     return [_registry.Document(f"someone/project/{d.id}", d.text) for d in files]
 
+def _ucirvine_sms_spam():          # the same collection: the pinned subset stands in for all 5,574 messages
+    return list(_registry.load("sms_spam"))
+
+def _dolly15k():                   # real text in Dolly's record shape: HumanEval prompts and their solutions
+    return [{"instruction": p["prompt"], "context": "", "response": p["canonical_solution"], "category": "open_qa"}
+            for p in _registry.load("humaneval")]
+
 _fake("tiny_shakespeare", _tiny_shakespeare)
 _fake("fineweb_edu", _fineweb_edu)
 _fake("codeparrot", _codeparrot)
+_fake("ucirvine_sms_spam", _ucirvine_sms_spam)
+_fake("dolly15k", _dolly15k)
 '''
 
 
