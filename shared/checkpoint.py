@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -50,30 +51,44 @@ def set_rng_state(state: dict) -> None:
 # ---- ch04_distributed/01_training_loop.ipynb
 def save_checkpoint(folder: str | Path, *, model: torch.nn.Module, step: int, optimizer=None, scheduler=None,
                     data_position=None, train_config: dict | None = None, rng: list[dict] | None = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, model_state: dict | None = None, optimizer_state: dict | None = None,
+                    parallel: dict | None = None) -> Path:
     """Write folder/ckpt_{step}.pt atomically, then point latest.json at it, then delete all but the newest `keep`.
 
     model: the bare model (not a DDP/compile wrapper; its state dict keys are the plain ones).
-    rng: one rng_state() per rank (rank order). Everything stored is plain data, loadable with weights_only=True."""
+    rng: one rng_state() per rank (rank order). Everything stored is plain data, loadable with weights_only=True.
+    model_state, optimizer_state: stored instead of model's and optimizer's state_dict() (a split model's states,
+    gathered whole). parallel: how the run was spread over its ranks (Parallelism.describe() of shared.training)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for leftover in folder.iterdir():                    # temporaries of a save that was killed
         if is_temporary(leftover):
             leftover.unlink(missing_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step,
-               "model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
-               "optimizer": optimizer.state_dict() if optimizer is not None else None,
+               "model": model_state if model_state is not None else model.state_dict(),
+               "model_config": dataclasses.asdict(model.config),
+               "optimizer": optimizer.state_dict() if optimizer is not None else optimizer_state,
                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                "data_position": list(data_position) if data_position is not None else None,
-               "train_config": train_config, "rng": rng}
-    path = folder / f"ckpt_{step:07d}.pt"
+               "train_config": train_config, "rng": rng, "parallel": parallel}
+    path = checkpoint_path(folder, step)
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     write_versioned_json(folder / POINTER, POINTER_FORMAT, 1,
                          {"checkpoint": path.name, "step": step, "bytes": path.stat().st_size})
     older = sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: int(_NAME.match(p.name)[1]))
     for stale in [p for p in older if p != path][: max(0, len(older) - keep)]:
         stale.unlink(missing_ok=True)
+        shutil.rmtree(sharded_folder(stale), ignore_errors=True)     # its per-rank shards, if it has any
     return path
+
+
+def checkpoint_path(folder: str | Path, step: int) -> Path:
+    return Path(folder) / f"ckpt_{step:07d}.pt"
+
+
+def sharded_folder(checkpoint: str | Path) -> Path:
+    """Where a sharded strategy (FSDP) keeps a checkpoint's per-rank states: ckpt_0000100.dcp beside the file."""
+    return Path(checkpoint).with_suffix(".dcp")
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from shared.batches import BlockLoader, read_manifest
-from shared.checkpoint import (CheckpointError, check_compatible, load_checkpoint, restore_checkpoint, rng_state,
-                               save_checkpoint)
+from shared.checkpoint import (CheckpointError, check_compatible, checkpoint_path, load_checkpoint, rng_state,
+                               save_checkpoint, set_rng_state, sharded_folder)
 from shared.device import autocast_dtype, pick_device
 from shared.files import atomic_write
 from shared.model import GPT, GPTConfig, PRESETS
@@ -269,6 +269,47 @@ def evaluate(model: torch.nn.Module, loader: BlockLoader, batches: int, device: 
 
 # ---- ch04_distributed/01_training_loop.ipynb
 @dataclass
+class Parallelism:
+    """How train() spreads the model over the ranks. These defaults are the replicated case: one process, or data
+    parallelism through `wrap` (DDP), every rank holding the whole model and optimizer. A strategy that splits the
+    model (train.py's --strategy tp, fsdp) overrides the methods; `parallelize` runs BEFORE the optimizer is made."""
+    name: str = "single"
+    wrap: typing.Callable | None = None          # model -> data-parallel wrapper (DDP), applied after torch.compile
+    data_rank: int = 0                           # this rank reads share `data_rank` of every batch ...
+    data_world: int = 1                          # ... of `data_world` shares (tensor-parallel ranks share one)
+    data_group: dist.ProcessGroup | None = None  # the ranks whose losses and token counts add up
+    checkpoint_kind = "full"                     # not a field: "full" states in the file; "dcp": shards beside it
+
+    @classmethod
+    def replicated(cls, ctx: DistributedContext, wrap=None, name: str | None = None) -> Parallelism:
+        """Every rank a whole model and its own share of the data: one process, DDP, notebook 03's wrappers."""
+        return cls(name or ("single" if ctx.group is None else "ddp"), wrap, ctx.rank, ctx.world_size, ctx.group)
+
+    def parallelize(self, model: GPT) -> torch.nn.Module:
+        """Split the freshly built model (the same on every rank) across the ranks, in place."""
+        return model
+
+    def clip_grad_norm_(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip by the norm of the WHOLE model's gradient (the same on every rank); return that norm."""
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+    def checkpoint_state(self, model, optimizer, sharded: Path) -> tuple[dict, dict | None]:
+        """(model state, optimizer state) for the checkpoint file, unsharded, so that one process can load them.
+        Every rank calls this (gathering is collective); a "dcp" strategy also writes its shards to `sharded`."""
+        return model.state_dict(), optimizer.state_dict()
+
+    def restore_state(self, payload: dict, model, optimizer) -> None:
+        """The inverse: load a checkpoint's states into this rank's model and optimizer (its pieces of them)."""
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+
+    def describe(self) -> dict:
+        """What a checkpoint records of the layout, so that a resume that would read other data is refused."""
+        return {"strategy": self.name, "data_world": self.data_world, "checkpoint": self.checkpoint_kind}
+
+
+# ---- ch04_distributed/01_training_loop.ipynb
+@dataclass
 class RunState:
     """A run in progress: what a checkpoint saves, plus the loaders."""
     model: GPT
@@ -279,6 +320,7 @@ class RunState:
     step: int = 0
     position: tuple[int, int] = (0, 0)        # (epoch, batch) of the next micro-batch
     history: list[dict] = field(default_factory=list)
+    parallelism: Parallelism = field(default_factory=Parallelism)     # how the model is spread over the ranks
 
 
 def model_config(config: TrainConfig, vocab_size: int | None) -> GPTConfig:
@@ -290,12 +332,13 @@ def model_config(config: TrainConfig, vocab_size: int | None) -> GPTConfig:
     return GPTConfig.from_preset(config.model, **overrides)
 
 
-def _loaders(config, ctx, T, train_tokens, val_tokens):
+def _loaders(config, parallelism, T, train_tokens, val_tokens):
     if train_tokens is None and config.data is None:
         raise ConfigError("data: no dataset folder given (prepare one with ch02_data/prepare_data.py)")
     manifest = read_manifest(config.data) if train_tokens is None else None
     source = config.data if train_tokens is None else train_tokens
-    common = dict(block_size=T, batch_size=config.micro_batch_size, rank=ctx.rank, world_size=ctx.world_size)
+    common = dict(block_size=T, batch_size=config.micro_batch_size, rank=parallelism.data_rank,
+                  world_size=parallelism.data_world)
     train = BlockLoader(source, split="train", seed=config.seed, **common)
     val = None
     if config.eval_every and (val_tokens is not None or (manifest and "val" in manifest["splits"])):
@@ -303,34 +346,51 @@ def _loaders(config, ctx, T, train_tokens, val_tokens):
     return train, val, (manifest or {}).get("vocab_size")
 
 
+# ---- ch04_distributed/01_training_loop.ipynb
 def prepare_run(config: TrainConfig, ctx: DistributedContext, train_tokens=None, val_tokens=None,
-                resume: bool = False) -> RunState:
+                resume: bool = False, parallelism: Parallelism | None = None) -> RunState:
+    parallelism = parallelism or Parallelism.replicated(ctx)
     payload = None
     if resume and config.out_dir and (Path(config.out_dir) / "latest.json").exists():
         payload = load_checkpoint(config.out_dir)
     elif config.out_dir and (Path(config.out_dir) / "latest.json").exists():
         raise ConfigError(f"out_dir {config.out_dir} already holds a run: resume it (--resume) or choose another")
     preset_T = config.block_size or PRESETS[config.model].block_size
-    train_loader, val_loader, data_vocab = _loaders(config, ctx, preset_T, train_tokens, val_tokens)
+    train_loader, val_loader, data_vocab = _loaders(config, parallelism, preset_T, train_tokens, val_tokens)
     mconfig = model_config(config, data_vocab)
     if payload is not None:
         check_compatible(payload, mconfig, dataclasses.asdict(config))
-        saved_ranks = len(payload.get("rng") or [])
-        if saved_ranks and saved_ranks != ctx.world_size:      # the data position counts batches per rank
-            raise CheckpointError(f"{payload['path']}: saved by {saved_ranks} rank(s), this run has "
-                                  f"{ctx.world_size}; resume with {saved_ranks} (the data position is per rank)")
+        _check_layout(payload, ctx, parallelism)
     torch.manual_seed(config.seed)                       # the same initial weights on every rank
-    model = GPT(mconfig).to(ctx.device)
+    model = parallelism.parallelize(GPT(mconfig).to(ctx.device))     # split before AdamW sees the parameters
     optimizer = make_optimizer(model, config, ctx.device)
     scheduler = make_scheduler(optimizer, config)
-    random.seed(config.seed + ctx.rank)
-    np.random.seed(config.seed + ctx.rank)
-    torch.manual_seed(config.seed + ctx.rank)            # dropout: each rank its own masks
-    state = RunState(model, optimizer, scheduler, train_loader, val_loader)
+    seed = config.seed + parallelism.data_rank           # dropout: each data rank its own masks (the ranks that
+    random.seed(seed)                                    # split one model draw the same ones, in step)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    state = RunState(model, optimizer, scheduler, train_loader, val_loader, parallelism=parallelism)
     if payload is not None:
-        restore_checkpoint(payload, model, optimizer, scheduler, ctx.rank)
+        parallelism.restore_state(payload, model, optimizer)
+        scheduler.load_state_dict(payload["scheduler"])
+        if payload.get("rng"):
+            set_rng_state(payload["rng"][ctx.rank])
         state.step, state.position = payload["step"], tuple(payload["data_position"])
     return state
+
+
+def _check_layout(payload: dict, ctx: DistributedContext, parallelism: Parallelism) -> None:
+    """A resumed run needs one saved random state per rank, and the saved split of the data: its data position
+    counts micro-batches per data-parallel rank."""
+    saved_ranks = len(payload.get("rng") or [])
+    if saved_ranks and saved_ranks != ctx.world_size:
+        raise CheckpointError(f"{payload['path']}: saved by {saved_ranks} rank(s), this run has "
+                              f"{ctx.world_size}; resume with {saved_ranks} (the data position is per rank)")
+    saved, here = payload.get("parallel"), parallelism.describe()    # no record: one process or DDP
+    if saved and (saved["data_world"], saved["checkpoint"]) != (here["data_world"], here["checkpoint"]):
+        raise CheckpointError(f"{payload['path']}: saved by --strategy {saved['strategy']} ({saved['data_world']} "
+                              f"data-parallel rank(s)), this run is {here['strategy']} ({here['data_world']}); "
+                              f"resume with --strategy {saved['strategy']}")
 
 
 # ---- ch04_distributed/01_training_loop.ipynb
@@ -375,19 +435,23 @@ def autocast_for(device: torch.device, dtype: str):
 
 # ---- ch04_distributed/01_training_loop.ipynb
 def train(config: TrainConfig, *, ctx: DistributedContext | None = None, wrap=None, train_tokens=None,
-          val_tokens=None, resume: bool = False) -> RunState:
+          val_tokens=None, resume: bool = False, parallelism: Parallelism | None = None) -> RunState:
     """Train (or, with resume=True, continue the run in config.out_dir); returns the final RunState.
 
     ctx: this process's place in a torchrun job (default: one process on config.device).
     wrap: model -> data-parallel wrapper (DDP or notebook 03's); called after torch.compile.
+    parallelism: the strategy's hooks instead of `wrap` (default: Parallelism.replicated(ctx, wrap)).
     train_tokens / val_tokens: 1-D token arrays (or lists of them) instead of the dataset folder config.data."""
     ctx = ctx or DistributedContext(device=pick_device(config.device))
-    config.validate(ctx.world_size)
-    run = prepare_run(config, ctx, train_tokens, val_tokens, resume)
+    if parallelism is not None and wrap is not None:
+        raise ValueError("pass either wrap or parallelism (whose .wrap is the wrapper), not both")
+    parallelism = parallelism or Parallelism.replicated(ctx, wrap)
+    config.validate(parallelism.data_world)
+    run = prepare_run(config, ctx, train_tokens, val_tokens, resume, parallelism)
     model = torch.compile(run.model) if config.compile else run.model
-    model = wrap(model) if wrap is not None else model
-    autocast = autocast_for(ctx.device, config.dtype)
-    k, peak = config.accumulation_steps(ctx.world_size), peak_flops(ctx.device)
+    model = parallelism.wrap(model) if parallelism.wrap is not None else model
+    autocast, group = autocast_for(ctx.device, config.dtype), parallelism.data_group
+    k, peak = config.accumulation_steps(parallelism.data_world), peak_flops(ctx.device)
     tokens_per_step = config.batch_size * run.model.config.block_size
     log = JsonlLog(Path(config.out_dir) / "log.jsonl" if config.out_dir and ctx.is_main else None,
                    run.step or None)                          # resumed: keep the records up to its step
@@ -399,7 +463,7 @@ def train(config: TrainConfig, *, ctx: DistributedContext | None = None, wrap=No
 
     if run.step == 0 and run.val_loader is not None:
         record({"kind": "eval", "step": 0, **evaluate(run.model, run.val_loader, config.eval_batches, ctx.device,
-                                                      autocast, ctx.group)})
+                                                      autocast, group)})
     bar = _progress(run.step, config.steps, enabled=config.progress and ctx.is_main)
     while run.step < config.steps:
         start = time.perf_counter()
@@ -407,8 +471,8 @@ def train(config: TrainConfig, *, ctx: DistributedContext | None = None, wrap=No
         for _ in range(k):
             x, y, run.position = next(stream)
             batches.append((x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)))
-        loss, tokens = accumulate_gradients(model, batches, autocast, ctx.group)
-        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or float("inf"))
+        loss, tokens = accumulate_gradients(model, batches, autocast, group)
+        norm = parallelism.clip_grad_norm_(run.model, config.grad_clip or float("inf"))
         lr = run.scheduler.get_last_lr()[0]
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
@@ -424,7 +488,7 @@ def train(config: TrainConfig, *, ctx: DistributedContext | None = None, wrap=No
         bar.update(1)
         if run.val_loader is not None and (run.step % config.eval_every == 0 or run.step == config.steps):
             record({"kind": "eval", "step": run.step, **evaluate(run.model, run.val_loader, config.eval_batches,
-                                                                 ctx.device, autocast, ctx.group)})
+                                                                 ctx.device, autocast, group)})
         if config.out_dir and ((config.ckpt_every and run.step % config.ckpt_every == 0) or run.step == config.steps):
             save_run(run, config, ctx)
     bar.close()
@@ -433,16 +497,21 @@ def train(config: TrainConfig, *, ctx: DistributedContext | None = None, wrap=No
 
 # ---- ch04_distributed/01_training_loop.ipynb
 def save_run(run: RunState, config: TrainConfig, ctx: DistributedContext) -> Path | None:
-    """Save the run (rank 0 writes; every rank must call this, since the random states are gathered)."""
+    """Save the run (rank 0 writes; every rank must call this: the random states and a split model's pieces are
+    gathered, and a sharded strategy writes its shards)."""
     states = [rng_state()]
     if ctx.group is not None:
         states = [None] * ctx.world_size
         dist.all_gather_object(states, rng_state(), group=ctx.group)
+    p = run.parallelism
+    model_state, optimizer_state = p.checkpoint_state(run.model, run.optimizer,
+                                                      sharded_folder(checkpoint_path(config.out_dir, run.step)))
     if not ctx.is_main:
         return None
-    return save_checkpoint(config.out_dir, model=run.model, step=run.step, optimizer=run.optimizer,
-                           scheduler=run.scheduler, data_position=run.position, rng=states,
-                           train_config=dataclasses.asdict(config), keep=config.keep_checkpoints)
+    return save_checkpoint(config.out_dir, model=run.model, step=run.step, model_state=model_state,
+                           optimizer_state=optimizer_state, scheduler=run.scheduler, data_position=run.position,
+                           rng=states, train_config=dataclasses.asdict(config), keep=config.keep_checkpoints,
+                           parallel=p.describe())
 
 
 def _progress(start: int, total: int, enabled: bool):

@@ -1,5 +1,6 @@
 """shared.training: config validation, schedule, AdamW groups, token-weighted accumulation, MFU, the loop and its log."""
 import argparse
+import copy
 import dataclasses
 import math
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 
 from shared.batches import BlockLoader
+from shared.checkpoint import CheckpointError, load_checkpoint
 from shared.model import GPT, GPTConfig
-from shared.training import (PEAK_BF16_FLOPS, TRAIN_PRESETS, ConfigError, TrainConfig, WarmupCosine,
+from shared.training import (PEAK_BF16_FLOPS, TRAIN_PRESETS, ConfigError, Parallelism, TrainConfig, WarmupCosine,
                              accumulate_gradients, flops_per_token, make_optimizer, make_scheduler, mfu,
                              micro_batches, parameter_groups, peak_flops, peak_flops_of, read_log, train)
 
@@ -230,3 +232,39 @@ def test_resume_without_a_checkpoint_starts_fresh_and_the_log_holds_one_run(tmp_
     assert [(r["kind"], r["step"]) for r in read_log(tmp_path / "log.jsonl")] == \
            [("eval", 0), ("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
     assert read_log(tmp_path / "log.jsonl") == run.history
+
+
+# ------------------------------------------------------------------------------------------- strategy hooks
+class _NewParameters(Parallelism):
+    """A one-process stand-in for tensor parallelism: parallelize() replaces modules, so the model's parameters
+    are new objects that an optimizer made beforehand would never update."""
+
+    def parallelize(self, model):
+        for block in model.transformer.h:
+            block.mlp.c_fc = copy.deepcopy(block.mlp.c_fc)
+        return model
+
+
+def test_a_strategy_transforms_the_model_before_the_optimizer_is_made(tmp_path):
+    config = TrainConfig(**{**TINY, "out_dir": str(tmp_path / "run")})
+    run = train(config, train_tokens=[TOKENS], parallelism=_NewParameters(name="new-parameters"))
+    plain = train(dataclasses.replace(config, out_dir=None), train_tokens=[TOKENS])
+    assert [r["loss"] for r in run.history] == [r["loss"] for r in plain.history]        # c_fc trained too
+    assert all(torch.equal(a, b) for a, b in zip(run.model.parameters(), plain.model.parameters()))
+    assert load_checkpoint(tmp_path / "run")["parallel"] == {"strategy": "new-parameters", "data_world": 1,
+                                                             "checkpoint": "full"}
+    with pytest.raises(ValueError, match="either wrap or parallelism"):
+        train(config, train_tokens=[TOKENS], wrap=lambda m: m, parallelism=Parallelism())
+
+
+def test_resuming_with_another_checkpoint_layout_is_refused_in_one_line(tmp_path):
+    config = TrainConfig(**{**TINY, "steps": 2, "warmup_steps": 1, "out_dir": str(tmp_path)})
+    train(config, train_tokens=[TOKENS])
+
+    class Sharded(Parallelism):
+        checkpoint_kind = "dcp"
+
+    with pytest.raises(CheckpointError, match=r"saved by --strategy single \(1 data-parallel rank\(s\)\), this run "
+                                              r"is sharded \(1\); resume with --strategy single$"):
+        train(config, train_tokens=[TOKENS], resume=True,
+              parallelism=Sharded(name="sharded"))
