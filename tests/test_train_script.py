@@ -14,7 +14,7 @@ import psutil
 import pytest
 import torch
 
-from shared.checkpoint import latest_checkpoint, load_checkpoint
+from shared.checkpoint import latest_checkpoint, load_checkpoint, load_model
 from shared.parallel.runtime import finish_torchrun, run_torchrun, start_torchrun
 from shared.training import read_log
 
@@ -167,3 +167,123 @@ def _rank_of(process) -> str | None:
         return process.environ().get("RANK")
     except psutil.Error:
         return None
+
+
+# ------------------------------------------------------------------ --strategy tp and fsdp (issue 9)
+STRATEGY_RUN = ["--steps", "4", "--ckpt-every", "2", "--eval-every", "0", *SMALL]
+LOSS_RTOL = 1e-4          # fp32 on a CPU: split matrix products and sharded reductions add in another order
+
+
+@pytest.fixture(scope="module")
+def strategy_runs(tmp_path_factory, data) -> Path:
+    """The same 4 steps on the same data trained by one process, by 2 tensor-parallel ranks (which both read every
+    batch) and by 2 FSDP ranks (each half of every batch): ROOT/single, ROOT/tp, ROOT/fsdp."""
+    root = tmp_path_factory.mktemp("strategies")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--out-dir", str(root / "single"),
+                           *STRATEGY_RUN], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for strategy in ("tp", "fsdp"):
+        proc = torchrun("--data", str(data), "--out-dir", str(root / strategy), "--strategy", strategy, *STRATEGY_RUN)
+        assert proc.returncode == 0 and f"strategy {strategy}" in proc.stdout, proc.stdout[-3000:]
+    return root
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in read_log(run / "log.jsonl") if r["kind"] == "train"]
+
+
+def _near(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
+    """Equal up to rtol of the tensor's largest entry (Adam's moments of near-zero gradients differ relatively
+    much between summation orders; a wrong slice or order would be off by the size of the entries themselves)."""
+    return a.shape == b.shape and bool((a - b).abs().max() <= rtol * b.abs().max() + 1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["tp", "fsdp"])
+def test_tp_and_fsdp_train_like_one_process_and_save_a_model_one_process_loads(strategy_runs, strategy):
+    single, run = strategy_runs / "single", strategy_runs / strategy
+    reference, losses = _losses(single), _losses(run)
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert losses == pytest.approx(reference, rel=LOSS_RTOL)
+    # the checkpoint file holds the whole model, with the keys and shapes of a one-process run ...
+    a, b = load_checkpoint(run), load_checkpoint(single)
+    assert a["step"] == 4 and a["model"].keys() == b["model"].keys()
+    assert all(_near(a["model"][k], b["model"][k], 1e-2) for k in b["model"])
+    # ... which shared.checkpoint.load_model (chapter 5's evaluate.py, gpt.py generate) loads in one process
+    x = torch.randint(50257, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, reference_logits = load_model(run).eval()(x)[0], load_model(single).eval()(x)[0]
+    assert torch.allclose(logits, reference_logits, rtol=0, atol=1e-3), (logits - reference_logits).abs().max()
+    if strategy == "tp":          # the optimizer state gathered whole: the layout of the one-process run
+        assert a["parallel"] == {"strategy": "tp", "data_world": 1, "checkpoint": "full"}
+        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+        for i, state in b["optimizer"]["state"].items():
+            assert all(_near(a["optimizer"]["state"][i][k], state[k], 1e-2) for k in ("exp_avg", "exp_avg_sq"))
+    else:                         # the optimizer state is in the DCP folder beside the file, each rank its shards
+        assert a["parallel"] == {"strategy": "fsdp", "data_world": 2, "checkpoint": "dcp"} and a["optimizer"] is None
+        assert sorted(p.name for p in run.glob("ckpt_*")) == ["ckpt_0000002.dcp", "ckpt_0000002.pt",
+                                                                "ckpt_0000004.dcp", "ckpt_0000004.pt"]
+        from shared.model import GPTConfig
+        from shared.parallel.sharded import load_unsharded_model
+        dcp_model = load_unsharded_model(run / "ckpt_0000004.dcp", GPTConfig(**a["model_config"]))
+        assert all(torch.equal(v, a["model"][k]) for k, v in dcp_model.state_dict().items())
+
+
+def _rewind(run: Path, to: Path, step: int) -> Path:
+    """A copy of `run` as a job killed right after its step-`step` checkpoint leaves it (the kill itself, with
+    DDP, is test_resume_under_torchrun_equals_the_uninterrupted_run's)."""
+    import shutil
+
+    from shared.checkpoint import POINTER, POINTER_FORMAT
+    from shared.files import write_versioned_json
+    shutil.copytree(run, to)
+    for later in to.glob("ckpt_*"):
+        if int(later.stem.split("_")[1]) > step:
+            shutil.rmtree(later) if later.is_dir() else later.unlink()
+    path = to / f"ckpt_{step:07d}.pt"
+    write_versioned_json(to / POINTER, POINTER_FORMAT, 1, {"checkpoint": path.name, "step": step,
+                                                           "bytes": path.stat().st_size})
+    return to
+
+
+@pytest.mark.parametrize("strategy", ["tp", "fsdp"])
+def test_tp_and_fsdp_resume_where_the_run_stopped(strategy_runs, data, tmp_path, strategy):
+    full = strategy_runs / strategy
+    part = _rewind(full, tmp_path / strategy, step=2)
+    proc = torchrun("--data", str(data), "--out-dir", str(part), "--strategy", strategy, "--resume", *STRATEGY_RUN)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert _losses(part) == _losses(full)                       # the curve goes on as it did, to the last bit
+    a, b = load_checkpoint(part), load_checkpoint(full)
+    assert a["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    if strategy == "tp":                                        # Adam's moments were restored, not re-created
+        for i, state in b["optimizer"]["state"].items():
+            assert all(torch.equal(a["optimizer"]["state"][i][k], state[k]) for k in ("exp_avg", "exp_avg_sq"))
+    else:         # resuming FSDP's shards with DDP is refused in one line (test_training has the other cases)
+        proc = torchrun("--data", str(data), "--out-dir", str(part), "--strategy", "ddp", "--resume", *STRATEGY_RUN)
+        errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+        assert proc.returncode != 0 and len(errors) == 1 and "resume with --strategy fsdp" in errors[0], errors
+
+
+@pytest.mark.filterwarnings("ignore:Unable to enable fault handler")
+def test_impossible_strategies_fail_in_one_line_before_any_work(tmp_path, data, capsys, monkeypatch):
+    cases = [(2, ["--strategy", "tp", "--tp-degree", "3"], "--tp-degree 3 does not divide the 2 ranks"),
+             (2, ["--strategy", "ddp", "--tp-degree", "2"], "--tp-degree is the degree of --strategy tp"),
+             (3, ["--strategy", "tp"], "n_head divisible by 3"),                 # the tiny model has 2 heads
+             (4, ["--strategy", "tp", "--tp-degree", "2", "--micro-batch-size", "8"],
+              "cannot be split into 2 rank(s)"),               # 8 sequences over 2 data-parallel replicas x 8
+             (1, ["--strategy", "fsdp"], "needs several ranks"),
+             (2, ["--strategy", "fsdp", "--device", "mps"], "MPS")]
+    main = _train_main()
+    for world, args, message in cases:
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        assert main(["--data", str(data), "--out-dir", str(tmp_path / "run"), *SMALL, *args]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+        assert not (tmp_path / "run").exists()
+    monkeypatch.delenv("WORLD_SIZE")
+    # under torchrun: one line from rank 0, and no rank starts training
+    proc = torchrun("--data", str(data), "--out-dir", str(tmp_path / "run"), "--strategy", "tp", "--tp-degree", "3",
+                    *SMALL)
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and errors == ["error: --tp-degree 3 does not divide the 2 ranks: the world size "
+                                               "must be data-parallel replicas x tensor-parallel degree"]
+    assert not (tmp_path / "run").exists()
