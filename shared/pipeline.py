@@ -91,18 +91,18 @@ PIPELINE_PRESETS: dict[str, PipelinePreset] = {
     # The notebook's default: about 10 minutes on 2 CPU cores. Chapter 3's "tiny" GPT (2 layers, C=64) because on
     # 2 cores it sees 5x more tokens per second than "laptop" (4 layers, C=256) and so ends lower in 3 minutes.
     "laptop": PipelinePreset(
-        "the book's laptop run: 2 CPU ranks (gloo), a 0.36M-parameter GPT, ~1.6M training tokens, MMLU on a "
+        "the book's laptop run: 2 CPU ranks (gloo), a 0.4M-parameter GPT, ~1M training tokens, MMLU on a "
         "stratified sample of 570 questions, HumanEval on the first 40 problems",
         mix=ENGLISH_AND_PYTHON, tokenizer="bpe", vocab_size=4096,
-        train=dict(model="tiny", block_size=512, batch_size=32, micro_batch_size=8, steps=100, lr=3e-3,
-                   warmup_steps=10, eval_every=10, eval_batches=4, ckpt_every=25)),
+        train=dict(model="tiny", block_size=512, batch_size=16, micro_batch_size=8, steps=120, lr=3e-3,
+                   warmup_steps=10, eval_every=20, eval_batches=4, ckpt_every=40)),
     # GPT-2 124M's shapes and tokenizer on one 8-GPU node. Estimates, not measured here (no GPU was lent).
     "gpt2-124m-gpu": PipelinePreset(
-        "GPT-2 124M on one node of 8 GPUs: the whole pinned mix with GPT-2's tokenizer, ~3 epochs of it, MMLU on "
+        "GPT-2 124M on one node of 8 GPUs: the whole pinned mix with GPT-2's tokenizer, ~4 epochs of it, MMLU on "
         "all 14,042 questions, HumanEval on all 164 problems with 20 samples each",
         mix=ENGLISH_AND_PYTHON, tokenizer="gpt2", heldout_chars=300_000, train_preset="gpt2-124m-8gpu",
-        train=dict(batch_size=64, micro_batch_size=8, steps=250, warmup_steps=25, eval_every=25, eval_batches=20,
-                   ckpt_every=50), nproc=8, device="cuda", mmlu_limit=None, humaneval_limit=None,
+        train=dict(batch_size=64, micro_batch_size=8, steps=240, warmup_steps=24, eval_every=20, eval_batches=20,
+                   ckpt_every=40), nproc=8, device="cuda", mmlu_limit=None, humaneval_limit=None,
         humaneval_samples=20, max_new_tokens=256, eval_batch_size=64, workers=16),
     # The tests' preset: the whole pipeline in about a minute.
     "smoke": PipelinePreset(
@@ -495,7 +495,7 @@ def run_pipeline(run_dir: str | Path | None = None, preset: str | PipelinePreset
     """Run the stages up to `stop_after`, skipping those already finished with the same settings; returns
     {stage: its done.json}. Default run directory: ch05_evaluation/runs/final-<preset>."""
     name, chosen = resolve_preset(preset, **overrides)
-    run_dir = Path(run_dir) if run_dir is not None else RUNS / f"final-{name}"
+    run_dir = (Path(run_dir) if run_dir is not None else RUNS / f"final-{name}").resolve()   # subprocesses run in ROOT
     if stop_after not in STAGES:
         raise PipelineError(f"stop_after={stop_after!r} is not a stage; choose one of {', '.join(STAGES)}")
     if run_dir.exists() and not run_dir.is_dir():
@@ -532,6 +532,6 @@ def base_model(run_dir: str | Path | None = None, preset: str = "laptop") -> tup
     and returns (checkpoint file, tokenizer). Load them with shared.checkpoint.load_model(checkpoint) and
     shared.bpe.get_encoding(tokenizer) (a tiktoken Encoding; "gpt2" or a chapter-2 BPE file)."""
     name, _ = resolve_preset(preset)
-    run_dir = Path(run_dir) if run_dir is not None else RUNS / f"final-{name}"
+    run_dir = (Path(run_dir) if run_dir is not None else RUNS / f"final-{name}").resolve()
     run_pipeline(run_dir, preset, stop_after="train")
     return base_model_paths(run_dir)
