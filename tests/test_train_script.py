@@ -176,15 +176,20 @@ LOSS_RTOL = 1e-4          # fp32 on a CPU: split matrix products and sharded red
 
 @pytest.fixture(scope="module")
 def strategy_runs(tmp_path_factory, data) -> Path:
-    """The same 4 steps on the same data trained by one process, by 2 tensor-parallel ranks (which both read every
-    batch) and by 2 FSDP ranks (each half of every batch): ROOT/single, ROOT/tp, ROOT/fsdp."""
+    """The same 4 steps on the same data trained by one process (ROOT/single), by 2 tensor-parallel ranks which
+    both read every batch (ROOT/tp), by 2 FSDP ranks which read half of every batch each (ROOT/fsdp), and by 4
+    ranks as 2 data-parallel replicas x 2 tensor-parallel ranks (ROOT/dp2xtp2). The jobs run at the same time."""
     root = tmp_path_factory.mktemp("strategies")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--out-dir", str(root / "single"),
-                           *STRATEGY_RUN], env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for strategy in ("tp", "fsdp"):
-        proc = torchrun("--data", str(data), "--out-dir", str(root / strategy), "--strategy", strategy, *STRATEGY_RUN)
-        assert proc.returncode == 0 and f"strategy {strategy}" in proc.stdout, proc.stdout[-3000:]
+    single = subprocess.Popen([sys.executable, str(SCRIPT), "--data", str(data), "--out-dir", str(root / "single"),
+                               *STRATEGY_RUN], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    jobs = {name: start("--data", str(data), "--out-dir", str(root / name), *flags, *STRATEGY_RUN, ranks=ranks)
+            for name, flags, ranks in [("tp", ["--strategy", "tp"], 2), ("fsdp", ["--strategy", "fsdp"], 2),
+                                       ("dp2xtp2", ["--strategy", "tp", "--tp-degree", "2"], 4)]}
+    output = single.communicate(timeout=300)[0]
+    assert single.returncode == 0, output[-3000:]
+    for name, job in jobs.items():
+        proc = finish_torchrun(job, timeout=300)
+        assert proc.returncode == 0 and "done: step 4/4" in proc.stdout, proc.stdout[-3000:]
     return root
 
 
@@ -198,7 +203,7 @@ def _near(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
     return a.shape == b.shape and bool((a - b).abs().max() <= rtol * b.abs().max() + 1e-12)
 
 
-@pytest.mark.parametrize("strategy", ["tp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["tp", "fsdp", "dp2xtp2"])
 def test_tp_and_fsdp_train_like_one_process_and_save_a_model_one_process_loads(strategy_runs, strategy):
     single, run = strategy_runs / "single", strategy_runs / strategy
     reference, losses = _losses(single), _losses(run)
@@ -213,8 +218,8 @@ def test_tp_and_fsdp_train_like_one_process_and_save_a_model_one_process_loads(s
     with torch.no_grad():
         logits, reference_logits = load_model(run).eval()(x)[0], load_model(single).eval()(x)[0]
     assert torch.allclose(logits, reference_logits, rtol=0, atol=1e-3), (logits - reference_logits).abs().max()
-    if strategy == "tp":          # the optimizer state gathered whole: the layout of the one-process run
-        assert a["parallel"] == {"strategy": "tp", "data_world": 1, "checkpoint": "full"}
+    if strategy != "fsdp":        # the optimizer state gathered whole: the layout of the one-process run
+        assert a["parallel"] == {"strategy": "tp", "data_world": 1 if strategy == "tp" else 2, "checkpoint": "full"}
         assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
         for i, state in b["optimizer"]["state"].items():
             assert all(_near(a["optimizer"]["state"][i][k], state[k], 1e-2) for k in ("exp_avg", "exp_avg_sq"))
@@ -245,22 +250,26 @@ def _rewind(run: Path, to: Path, step: int) -> Path:
     return to
 
 
-@pytest.mark.parametrize("strategy", ["tp", "fsdp"])
-def test_tp_and_fsdp_resume_where_the_run_stopped(strategy_runs, data, tmp_path, strategy):
-    full = strategy_runs / strategy
-    part = _rewind(full, tmp_path / strategy, step=2)
-    proc = torchrun("--data", str(data), "--out-dir", str(part), "--strategy", strategy, "--resume", *STRATEGY_RUN)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert _losses(part) == _losses(full)                       # the curve goes on as it did, to the last bit
-    a, b = load_checkpoint(part), load_checkpoint(full)
-    assert a["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
-    if strategy == "tp":                                        # Adam's moments were restored, not re-created
-        for i, state in b["optimizer"]["state"].items():
-            assert all(torch.equal(a["optimizer"]["state"][i][k], state[k]) for k in ("exp_avg", "exp_avg_sq"))
-    else:         # resuming FSDP's shards with DDP is refused in one line (test_training has the other cases)
-        proc = torchrun("--data", str(data), "--out-dir", str(part), "--strategy", "ddp", "--resume", *STRATEGY_RUN)
-        errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
-        assert proc.returncode != 0 and len(errors) == 1 and "resume with --strategy fsdp" in errors[0], errors
+def test_tp_and_fsdp_resume_where_the_run_stopped(strategy_runs, data, tmp_path):
+    parts = {strategy: _rewind(strategy_runs / strategy, tmp_path / strategy, step=2) for strategy in ("tp", "fsdp")}
+    refused = _rewind(strategy_runs / "fsdp", tmp_path / "fsdp-as-ddp", step=2)
+    jobs = {strategy: start("--data", str(data), "--out-dir", str(part), "--strategy", strategy, "--resume",
+                            *STRATEGY_RUN) for strategy, part in parts.items()}
+    # resuming FSDP's shards with DDP is refused in one line (test_training has the other cases)
+    jobs["ddp"] = start("--data", str(data), "--out-dir", str(refused), "--strategy", "ddp", "--resume",
+                        *STRATEGY_RUN)
+    done = {name: finish_torchrun(job, timeout=300) for name, job in jobs.items()}
+    errors = [line for line in done["ddp"].stdout.splitlines() if line.startswith("error:")]
+    assert done["ddp"].returncode != 0 and len(errors) == 1 and "resume with --strategy fsdp" in errors[0], errors
+    for strategy, part in parts.items():
+        assert done[strategy].returncode == 0, done[strategy].stdout[-3000:]
+        full = strategy_runs / strategy
+        assert _losses(part) == _losses(full)                   # the curve goes on as it did, to the last bit
+        a, b = load_checkpoint(part), load_checkpoint(full)
+        assert a["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    a, b = load_checkpoint(parts["tp"]), load_checkpoint(strategy_runs / "tp")
+    for i, state in b["optimizer"]["state"].items():            # Adam's moments were restored, not re-created
+        assert all(torch.equal(a["optimizer"]["state"][i][k], state[k]) for k in ("exp_avg", "exp_avg_sq"))
 
 
 @pytest.mark.filterwarnings("ignore:Unable to enable fault handler")
