@@ -23,6 +23,7 @@ which library pieces each --strategy combines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -183,19 +184,44 @@ class TensorParallel(Parallelism):
         return {i: split[id(p)] for i, p in enumerate(params) if id(p) in split}
 
 
+class AccumulateWithoutSync(torch.nn.Module):
+    """An FSDP2 model (possibly compiled) with DDP's `no_sync()`, which shared.training.accumulate_gradients uses
+    for every micro-batch but the last: FSDP2 calls it set_requires_gradient_sync."""
+
+    def __init__(self, model: torch.nn.Module, root: torch.nn.Module):
+        super().__init__()
+        self.model, self.root = model, [root]          # a list: the root is already registered inside `model`
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.root[0].set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.root[0].set_requires_gradient_sync(True)
+
+
 class FullyShardedParallel(Parallelism):
     """--strategy fsdp: FSDP2 (notebook 06's shard_fsdp): every block's parameters, gradients and Adam moments
     sharded over all ranks, which read their own shares of the data as in DDP.
 
-    Checkpoints: the file holds the whole model (gathered: chapter 5 loads it in one process) and no optimizer
-    state; model and optimizer are also written with DCP, each rank its shards, to ckpt_*.dcp, which a resume reads."""
+    Gradient accumulation: the reduce-scatter runs after the last micro-batch only (like DDP's no_sync), so the
+    blocks keep whole gradients between micro-batches. Checkpoints: the file holds the whole model (gathered:
+    chapter 5 loads it in one process) and no optimizer state; model and optimizer are also written with DCP, each
+    rank its shards, to ckpt_*.dcp, which a resume reads."""
     checkpoint_kind = "dcp"
 
     def __init__(self, ctx):
-        super().__init__("fsdp", None, ctx.rank, ctx.world_size, ctx.group)
+        super().__init__("fsdp", lambda model: AccumulateWithoutSync(model, self.root), ctx.rank, ctx.world_size,
+                         ctx.group)
+        self.root = None
 
     def parallelize(self, model):
-        return sharded.shard_fsdp(model)
+        self.root = sharded.shard_fsdp(model)
+        return self.root
 
     def clip_grad_norm_(self, model, max_norm):
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # DTensors: the global norm
