@@ -137,11 +137,6 @@ def exact_jaccard_pairs(hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndar
 _M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _S32, _S33 = np.uint64(32), np.uint64(33)
 _CHAIN = np.uint64(0x9E3779B97F4A7C15)            # odd constant (2^64 / golden ratio) that chains n-gram hashes
-_P = np.uint64(0x100000001B3)                     # the FNV prime: odd, hence invertible modulo 2^64
-_P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
-# ASCII bytes that belong to a word (\w: letters, digits, underscore); every other ASCII byte becomes a space
-_ASCII_WORD_BYTES = bytes(b if chr(b).isalnum() or b == ord("_") else ord(" ") for b in range(128)) + bytes(
-    range(128, 256))
 
 
 def fmix64(h: np.ndarray) -> np.ndarray:
@@ -151,14 +146,6 @@ def fmix64(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> _S33)
     h = h * _M2
     return h ^ (h >> _S33)
-
-
-def _word_string(text: str) -> bytes:
-    r'''`words(text)` as one byte string, words separated by spaces. ASCII text takes a C-speed path that gives
-    exactly the same words (for ASCII, \w is [A-Za-z0-9_] and lower() only changes A-Z).'''
-    if text.isascii():
-        return text.encode("ascii").lower().translate(_ASCII_WORD_BYTES)
-    return " ".join(words(text)).encode("utf-8")
 
 
 class MinHasher:
@@ -180,55 +167,19 @@ class MinHasher:
         self.b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64)
         self._powers = self._inverse_powers = np.ones(1, dtype=np.uint64)    # P^k and P^-k, grown on demand
 
-    def _power_tables(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(self._powers) < n:
-            n = max(n, 2 * len(self._powers))
-            one = np.ones(1, dtype=np.uint64)
-            self._powers = np.concatenate((one, np.cumprod(np.full(n - 1, _P))))
-            self._inverse_powers = np.concatenate((one, np.cumprod(np.full(n - 1, _P_INV))))
-        return self._powers, self._inverse_powers
-
-    def word_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        '''A 64-bit hash of every word of every text (concatenated, in order) and the number of words per text.'''
-        strings = [_word_string(t) for t in texts]
-        sizes = np.array([len(s) + 1 for s in strings], dtype=np.int64)      # + 1: the separating space
-        # blocks of about chunk_bytes of text each keep the prefix sums small
-        cuts = np.unique(np.searchsorted(np.cumsum(sizes), np.arange(self.chunk_bytes, sizes.sum(),
-                                                                     self.chunk_bytes)))
-        hashes, counts = [np.zeros(0, dtype=np.uint64)], [np.zeros(0, dtype=np.int64)]
-        for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(strings)]))):
-            if lo == hi:
-                continue
-            buf = np.frombuffer(b" " + b" ".join(strings[lo:hi]) + b" ", dtype=np.uint8)
-            in_word = buf != ord(" ")
-            starts = np.nonzero(in_word[1:] & ~in_word[:-1])[0] + 1
-            ends = np.nonzero(in_word[:-1] & ~in_word[1:])[0] + 1
-            power, inverse = self._power_tables(len(buf))
-            prefix = np.zeros(len(buf) + 1, dtype=np.uint64)
-            np.cumsum((buf + np.uint64(1)) * power[:len(buf)], out=prefix[1:])
-            hashes.append(fmix64((prefix[ends] - prefix[starts]) * inverse[starts]))
-            text_start = np.cumsum(sizes[lo:hi]) - sizes[lo:hi]              # offsets in buf, less its lead space
-            counts.append(np.bincount(np.searchsorted(text_start, starts - 1, "right") - 1, minlength=hi - lo))
-        return np.concatenate(hashes), np.concatenate(counts).astype(np.int64)
+    def signatures(self, texts: Sequence[str]) -> np.ndarray:
+        '''MinHash signatures (len(texts), num_perm), uint32, of the texts' word n-gram sets.'''
+        return self.hash_sets(*self.shingle_hashes(texts))
 
     def shingle_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         '''A 64-bit hash of every shingle of every text (concatenated) and the number of shingles per text:
-        the multiset behind `shingles(text, ngram)` (equal shingles, equal hashes).'''
-        n = self.ngram
-        word_h, lengths = self.word_hashes(texts)
-        starts = np.cumsum(lengths) - lengths
-        # L >= n words give L - n + 1 shingles; a shorter, non-empty text is a single shingle
-        counts = np.where(lengths >= n, lengths - n + 1, (lengths > 0).astype(np.int64))
-        first = np.repeat(starts, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        span = np.repeat(np.minimum(lengths, n), counts)                   # words per shingle
-        h = np.zeros(len(first), dtype=np.uint64)
-        for j in range(n):
-            if j < span.min(initial=n):                                    # every shingle has a j-th word
-                h = fmix64(h * _CHAIN + word_h[first + j])
-            else:                                                          # only the longer ones do
-                live = span > j
-                h[live] = fmix64(h[live] * _CHAIN + word_h[first[live] + j])
-        return h, counts
+        the multiset behind `shingles(text, ngram)` (equal shingles, equal hashes). How: `_shingle_hashes`.'''
+        return _shingle_hashes(*self.word_hashes(texts), self.ngram)
+
+    def word_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        '''A 64-bit hash of every word of every text (concatenated, in order) and the number of words per text.
+        How: `_word_hashes`.'''
+        return _word_hashes(self, texts)
 
     def hash_sets(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         '''Signatures (len(counts), num_perm), uint32, of sets given as concatenated 64-bit element hashes and
@@ -262,14 +213,78 @@ class MinHasher:
             low[here] = np.minimum(low[here], part.T)
         return (low >> _S32).astype(np.uint32)
 
-    def signatures(self, texts: Sequence[str]) -> np.ndarray:
-        '''MinHash signatures (len(texts), num_perm), uint32, of the texts' word n-gram sets.'''
-        return self.hash_sets(*self.shingle_hashes(texts))
-
 
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     '''Share of equal signature entries: the MinHash estimate of Jaccard (broadcasts over leading axes).'''
     return (np.asarray(sig_a) == np.asarray(sig_b)).mean(axis=-1)
+
+
+# ---- ch02_data/03_dedup.ipynb
+_P = np.uint64(0x100000001B3)                     # the FNV prime: odd, hence invertible modulo 2^64
+_P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
+# ASCII bytes that belong to a word (\w: letters, digits, underscore); every other ASCII byte becomes a space
+_ASCII_WORD_BYTES = bytes(b if chr(b).isalnum() or b == ord("_") else ord(" ") for b in range(128)) + bytes(
+    range(128, 256))
+
+
+def _word_string(text: str) -> bytes:
+    r'''`words(text)` as one byte string, words separated by spaces. ASCII text takes a C-speed path that gives
+    exactly the same words (for ASCII, \w is [A-Za-z0-9_] and lower() only changes A-Z).'''
+    if text.isascii():
+        return text.encode("ascii").lower().translate(_ASCII_WORD_BYTES)
+    return " ".join(words(text)).encode("utf-8")
+
+
+def _power_tables(hasher: MinHasher, n: int) -> tuple[np.ndarray, np.ndarray]:
+    '''P^k and P^-k modulo 2^64 for k < n (at least), kept on the hasher and grown on demand.'''
+    if len(hasher._powers) < n:
+        n = max(n, 2 * len(hasher._powers))
+        one = np.ones(1, dtype=np.uint64)
+        hasher._powers = np.concatenate((one, np.cumprod(np.full(n - 1, _P))))
+        hasher._inverse_powers = np.concatenate((one, np.cumprod(np.full(n - 1, _P_INV))))
+    return hasher._powers, hasher._inverse_powers
+
+
+def _word_hashes(hasher: MinHasher, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    '''A 64-bit hash of every word of every text (concatenated, in order) and the number of words per text.'''
+    strings = [_word_string(t) for t in texts]
+    sizes = np.array([len(s) + 1 for s in strings], dtype=np.int64)      # + 1: the separating space
+    # blocks of about chunk_bytes of text each keep the prefix sums small
+    cuts = np.unique(np.searchsorted(np.cumsum(sizes), np.arange(hasher.chunk_bytes, sizes.sum(),
+                                                                 hasher.chunk_bytes)))
+    hashes, counts = [np.zeros(0, dtype=np.uint64)], [np.zeros(0, dtype=np.int64)]
+    for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(strings)]))):
+        if lo == hi:
+            continue
+        buf = np.frombuffer(b" " + b" ".join(strings[lo:hi]) + b" ", dtype=np.uint8)
+        in_word = buf != ord(" ")
+        starts = np.nonzero(in_word[1:] & ~in_word[:-1])[0] + 1
+        ends = np.nonzero(in_word[:-1] & ~in_word[1:])[0] + 1
+        power, inverse = _power_tables(hasher, len(buf))
+        prefix = np.zeros(len(buf) + 1, dtype=np.uint64)
+        np.cumsum((buf + np.uint64(1)) * power[:len(buf)], out=prefix[1:])
+        hashes.append(fmix64((prefix[ends] - prefix[starts]) * inverse[starts]))
+        text_start = np.cumsum(sizes[lo:hi]) - sizes[lo:hi]              # offsets in buf, less its lead space
+        counts.append(np.bincount(np.searchsorted(text_start, starts - 1, "right") - 1, minlength=hi - lo))
+    return np.concatenate(hashes), np.concatenate(counts).astype(np.int64)
+
+
+def _shingle_hashes(word_h: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    '''Shingle hashes from word hashes (concatenated, with the words per text): n vectorised passes chain
+    the word hashes of every n-gram of every text.'''
+    starts = np.cumsum(lengths) - lengths
+    # L >= n words give L - n + 1 shingles; a shorter, non-empty text is a single shingle
+    counts = np.where(lengths >= n, lengths - n + 1, (lengths > 0).astype(np.int64))
+    first = np.repeat(starts, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    span = np.repeat(np.minimum(lengths, n), counts)                   # words per shingle
+    h = np.zeros(len(first), dtype=np.uint64)
+    for j in range(n):
+        if j < span.min(initial=n):                                    # every shingle has a j-th word
+            h = fmix64(h * _CHAIN + word_h[first + j])
+        else:                                                          # only the longer ones do
+            live = span > j
+            h[live] = fmix64(h[live] * _CHAIN + word_h[first[live] + j])
+    return h, counts
 
 
 # ---- ch02_data/03_dedup.ipynb
