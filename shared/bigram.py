@@ -53,33 +53,24 @@ class CharTokenizer:
 
 
 # ---- ch01_foundations/01_language_models.ipynb
-class BigramModel:
-    """A count-based bigram language model with add-k (Lidstone) smoothing:
+class BigramCounts:
+    """The bigram model's core: count adjacent pairs, score a sequence with add-k (Lidstone) smoothing,
 
         P(b | a) = (count(a, b) + k) / (count(a) + k * V)
 
     Only the pairs that occur are stored (sorted keys a * V + b), so a 50,257-token vocabulary costs no more
-    memory than the text itself, where a dense V x V table would take 10 GB.
+    memory than the text itself, where a dense V x V table would take 10 GB. `BigramModel` (next cell) adds
+    the checked smoothing constant, dense rows of the table and sampling.
     """
 
     def __init__(self, vocab_size: int, k: float = 1.0):
         if isinstance(vocab_size, bool) or int(vocab_size) != vocab_size or vocab_size < 1:
             raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
         self.vocab_size = int(vocab_size)
-        self.k = k
+        self.k = k                                            # checked by BigramModel
         self.pair_keys = np.zeros(0, dtype=np.int64)          # sorted a * V + b of every pair seen
         self.pair_counts = np.zeros(0, dtype=np.int64)        # count(a, b) for each key
         self.row_counts = np.zeros(self.vocab_size, dtype=np.int64)  # count(a) = sum over b of count(a, b)
-
-    @property
-    def k(self) -> float:
-        return self._k
-
-    @k.setter
-    def k(self, value: float) -> None:
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"smoothing k must be a positive finite number, got {value!r}")
-        self._k = float(value)
 
     def fit(self, ids) -> "BigramModel":
         """Count every adjacent pair (ids[t-1], ids[t]) of a token sequence (replacing earlier counts)."""
@@ -97,6 +88,38 @@ class BigramModel:
         if len(self.pair_keys) == 0:
             return np.zeros_like(keys)
         return np.where(self.pair_keys[pos] == keys, self.pair_counts[pos], 0)
+
+    def log_probs(self, ids) -> np.ndarray:
+        """log P(ids[t] | ids[t-1]) for t = 1 .. len(ids) - 1 (natural log)."""
+        ids = as_token_ids(ids, self.vocab_size)
+        if ids.size < 2:
+            raise ValueError(f"need at least 2 tokens to score a bigram, got {ids.size}")
+        prev, nxt = ids[:-1], ids[1:]
+        return (np.log(self.pair_count(prev, nxt) + self.k)
+                - np.log(self.row_counts[prev] + self.k * self.vocab_size))
+
+    def nll(self, ids) -> float:
+        """Mean negative log-likelihood (cross-entropy, nats per token) of the len(ids) - 1 predictions."""
+        return float(-self.log_probs(ids).mean())
+
+    def perplexity(self, ids) -> float:
+        return perplexity(self.nll(ids))
+
+
+# ---- ch01_foundations/01_language_models.ipynb
+class BigramModel(BigramCounts):
+    """A count-based bigram language model with add-k (Lidstone) smoothing, P(b | a) = (c(a, b) + k) / (c(a) + kV):
+    `BigramCounts` with a checked k, the table's rows as dense vectors, and ancestral sampling."""
+
+    @property
+    def k(self) -> float:
+        return self._k
+
+    @k.setter
+    def k(self, value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"smoothing k must be a positive finite number, got {value!r}")
+        self._k = float(value)
 
     def next_counts(self, prev: int) -> np.ndarray:
         """The dense row count(prev, .) of length V."""
@@ -117,22 +140,6 @@ class BigramModel:
         table = np.zeros(self.vocab_size * self.vocab_size, dtype=np.int64)
         table[self.pair_keys] = self.pair_counts
         return table.reshape(self.vocab_size, self.vocab_size)
-
-    def log_probs(self, ids) -> np.ndarray:
-        """log P(ids[t] | ids[t-1]) for t = 1 .. len(ids) - 1 (natural log)."""
-        ids = as_token_ids(ids, self.vocab_size)
-        if ids.size < 2:
-            raise ValueError(f"need at least 2 tokens to score a bigram, got {ids.size}")
-        prev, nxt = ids[:-1], ids[1:]
-        return (np.log(self.pair_count(prev, nxt) + self.k)
-                - np.log(self.row_counts[prev] + self.k * self.vocab_size))
-
-    def nll(self, ids) -> float:
-        """Mean negative log-likelihood (cross-entropy, nats per token) of the len(ids) - 1 predictions."""
-        return float(-self.log_probs(ids).mean())
-
-    def perplexity(self, ids) -> float:
-        return perplexity(self.nll(ids))
 
     def sample(self, start: int, num_tokens: int, seed: int = 0) -> np.ndarray:
         """Ancestral sampling: draw num_tokens ids one after the other, each from P(. | previous id)."""
