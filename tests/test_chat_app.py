@@ -199,3 +199,27 @@ def test_startup_errors_are_one_line(case, served, tmp_path, capsys):
     assert _load_app_module().main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("chat_app.py: error: ") and expected in err, err
+
+
+# ---------------------------------------------------------------- the prompt: earlier turns packed before the new one
+
+
+def test_the_prompt_packs_earlier_turns_newest_first_within_the_cap(served):
+    from shared.bpe import get_encoding
+    from shared.sft import END, prompt_ids, special_tokens
+    app = _load_app_module()
+    tokenizer = get_encoding(str(served / "tokenizer.json"))
+    end = special_tokens(tokenizer)[END]
+    history = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "first answer"},
+               {"role": "user", "content": [{"type": "text", "text": "second question"}]},
+               {"role": "assistant", "content": "second answer"}]
+    turn = lambda q, a: prompt_ids(tokenizer, q) + tokenizer.encode_ordinary(a) + [end]
+    new = prompt_ids(tokenizer, "third")
+    both = turn("first question", "first answer") + turn("second question", "second answer") + new
+    assert app.build_prompt(tokenizer, "sft", "third", history, limit=len(both)) == both
+    only_last = turn("second question", "second answer") + new            # one token short: the oldest goes
+    assert app.build_prompt(tokenizer, "sft", "third", history, limit=len(both) - 1) == only_last
+    assert app.build_prompt(tokenizer, "sft", "third", history, limit=len(new)) == new
+    assert app.build_prompt(tokenizer, "raw", "third", history, limit=10) == tokenizer.encode_ordinary("third")
+    with pytest.raises(ValueError, match="this app takes at most 2"):
+        app.build_prompt(tokenizer, "sft", "third", [], limit=2)
