@@ -1,6 +1,6 @@
 """The book's whole pipeline in one command: prepare data -> train with torchrun -> evaluate -> report JSON + plots.
 
-    python ch05_evaluation/pipeline.py                                  # laptop preset, ch05_evaluation/runs/final-laptop
+    python ch05_evaluation/pipeline.py                          # laptop preset, in ch05_evaluation/runs/final-laptop
     python ch05_evaluation/pipeline.py --preset laptop --out runs/final
     python ch05_evaluation/pipeline.py --preset laptop --out runs/final --mmlu-limit all    # all 14,042 questions
     python ch05_evaluation/pipeline.py --preset gpt2-124m-gpu --out runs/gpt2               # one 8-GPU node
@@ -37,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stop-after", default="report", choices=STAGES, help="last stage to run (default: report)")
     p.add_argument("--nproc", type=int, default=None, help="torchrun ranks (default: the preset's)")
     p.add_argument("--device", default=None, help="evaluation device (default: the preset's)")
-    p.add_argument("--mmlu-limit", type=limit, default=argparse.SUPPRESS, help="MMLU questions, or 'all' (default: the preset's)")
+    p.add_argument("--mmlu-limit", type=limit, default=argparse.SUPPRESS,
+                   help="MMLU questions, or 'all' (default: the preset's)")
     p.add_argument("--humaneval-limit", type=limit, default=argparse.SUPPRESS, help="HumanEval problems, or 'all'")
     p.add_argument("--humaneval-samples", type=int, default=None, help="completions per problem")
     return p.parse_args(argv)

@@ -61,7 +61,7 @@ class PipelinePreset:
     train: dict = field(default_factory=dict)
     nproc: int = 2                           # torchrun ranks (gloo on CPU, NCCL on GPUs)
     device: str = "cpu"                      # of the evaluation
-    mmlu_limit: int | None = 570             # questions (every 24th: all 57 subjects); None: all 14,042
+    mmlu_limit: int | None = 570             # questions (every 24th: 55 of 57 subjects); None: all 14,042
     mmlu_shots: tuple[int, ...] = (0, 5)
     humaneval_limit: int | None = 40         # the first N problems; None: all 164
     humaneval_samples: int = 10              # completions per problem (pass@10 needs 10)
@@ -229,7 +229,8 @@ def prepare(run_dir: Path, preset: PipelinePreset, echo=print) -> dict:
                      "bytes": sum(len(d.text.encode("utf-8")) for d in docs)}
              for split, docs in (("train", train_docs), ("val", val_docs))}
     sources = {s: {"documents": len(d), "characters": sum(len(x.text) for x in d)} for s, d in parts.items()}
-    return {"tokenizer": "gpt2" if tokenizer == "gpt2" else "tokenizer.json", "vocab_size": encoding.n_vocab, "splits": stats, "sources": sources,
+    return {"tokenizer": "gpt2" if tokenizer == "gpt2" else "tokenizer.json", "vocab_size": encoding.n_vocab,
+            "splits": stats, "sources": sources,
             "val_documents": [d.id for d in val_docs]}
 
 
@@ -247,8 +248,9 @@ def torchrun_argv(run_dir: Path, preset: PipelinePreset) -> list[str]:
     """The exact command the train stage runs: chapter 4's script under torchrun, resuming when it can."""
     from shared.parallel.runtime import torchrun_command
     run = stage_dir(run_dir, "train")
-    return torchrun_command(TRAIN_SCRIPT, *train_flags(preset), "--no-progress", "--data", stage_dir(run_dir, "prepare"),
-                            "--out-dir", run / "run", "--resume", nproc=preset.nproc)
+    return torchrun_command(TRAIN_SCRIPT, *train_flags(preset), "--no-progress",
+                            "--data", stage_dir(run_dir, "prepare"), "--out-dir", run / "run", "--resume",
+                            nproc=preset.nproc)
 
 
 def run_streaming(argv: list[str], echo=print, env: dict | None = None) -> tuple[int, list[str]]:
@@ -378,7 +380,8 @@ def training_curve(run_dir: Path, data: dict) -> list[dict]:
     """Held-out loss at every evaluation of the run, also in bits per byte (tokens per byte of the val split)."""
     from shared.training import read_log
     tokens_per_byte = data["splits"]["val"]["tokens"] / data["splits"]["val"]["bytes"]
-    return [{"step": r["step"], "val_loss": r["val_loss"], "val_bits_per_byte": r["val_loss"] / math.log(2) * tokens_per_byte}
+    return [{"step": r["step"], "val_loss": r["val_loss"],
+             "val_bits_per_byte": r["val_loss"] / math.log(2) * tokens_per_byte}
             for r in read_log(stage_dir(run_dir, "train") / "run" / "log.jsonl") if r["kind"] == "eval"]
 
 
@@ -419,12 +422,14 @@ def plot_curves(report: dict):
     use_book_style()
     curve = report["training"]["curve"]
     fig, ax = plt.subplots()
-    ax.plot([c["step"] for c in curve], [c["val_bits_per_byte"] for c in curve], marker="o", label="trained (val split)")
+    steps, bpb = [c["step"] for c in curve], [c["val_bits_per_byte"] for c in curve]
+    ax.plot(steps, bpb, marker="o", label="val split, during training")
     ax.axhline(report["results"][0]["value"], color="C2", ls="--", label="trained, held-out text (evaluate.py)")
+    ax.axhline(report["results"][0]["baseline"], color="C3", ls="--", label="untrained, held-out text (evaluate.py)")
     ax.axhline(8.0, color="gray", ls=":", label="8 bits per byte: raw bytes, no model")
     ax.set(title=f"Held-out bits per byte while training ({report['preset']})", xlabel="optimizer step",
            ylabel="bits per byte", ylim=(0, max(9.0, curve[0]["val_bits_per_byte"] * 1.05)))
-    ax.legend()
+    ax.legend(loc="lower left")
     return fig
 
 
@@ -437,11 +442,12 @@ def plot_results(report: dict):
     fig, ax = plt.subplots()
     y = range(len(rows))
     ax.errorbar([r["value"] * 100 for r in rows], y, fmt="o", label="our model, 95 % interval",
-                xerr=[[100 * (r["value"] - r["ci95"][0]) for r in rows], [100 * (r["ci95"][1] - r["value"]) for r in rows]])
+                xerr=[[100 * (r["value"] - r["ci95"][0]) for r in rows],
+                      [100 * (r["ci95"][1] - r["value"]) for r in rows]])
     ax.scatter([r["baseline"] * 100 for r in rows], y, marker="|", s=300, color="C3", label="random baseline")
     ax.set_yticks(list(y), [r["metric"] for r in rows])
     ax.set(title="Benchmarks: our model against chance", xlabel="score (%)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     return fig
 
 
@@ -523,7 +529,9 @@ def base_model_paths(run_dir: str | Path) -> tuple[Path, str]:
     """(checkpoint file, tokenizer) of a run whose train stage finished: the tokenizer is "gpt2" or a BPE file."""
     data, trained = (read_versioned_json(stage_dir(run_dir, s) / "done.json", MARKER_FORMAT, 1, kind="stage marker")
                      for s in ("prepare", "train"))
-    tokenizer = data["tokenizer"] if data["tokenizer"] == "gpt2" else str(stage_dir(run_dir, "prepare") / data["tokenizer"])
+    tokenizer = data["tokenizer"]
+    if tokenizer != "gpt2":                                    # a BPE file of the data folder
+        tokenizer = str(stage_dir(run_dir, "prepare") / tokenizer)
     return stage_dir(run_dir, "train") / trained["checkpoint"], tokenizer
 
 
