@@ -6,7 +6,8 @@
 # 1. chapter 3's memory/time table on CUDA (GPT-2 124M shapes, batch 8), ratios against naive attention;
 # 2. GPT-2 124M training throughput: tokens/s and MFU with bf16 autocast, fused attention (SDPA) and torch.compile,
 #    the bare step beside the book's training loop (shared.training) in the same run;
-# 3. evaluation throughput (chapter 5), once chapter 5's evaluation modules exist.
+# 3. evaluation throughput (chapter 5);
+# 4. full fine-tuning vs LoRA: peak GPU memory and tokens/s (chapter 5's notebook 06), GPT-2 124M shapes.
 # Each step has its own time limit, so one slow step cannot eat the others' time. Uses the machine's python3 (a GPU
 # box's own PyTorch) with the repo on PYTHONPATH; set PYTHON to use another interpreter.
 set -uo pipefail
@@ -35,15 +36,17 @@ step() {   # step SECONDS TITLE COMMAND...: run one measurement, append its outp
     echo '```'; echo
 } > "$RESULTS"
 
-step 120 "Chapter 3: activation memory and time per forward configuration (GPT-2 124M, batch 8)" \
+step 100 "Chapter 3: activation memory and time per forward configuration (GPT-2 124M, batch 8)" \
     "$PY" tests/bench/bench_memory.py --device cuda --preset gpt2 --vocab-size 50257 --batch 8 \
     --seq-lens 256 512 1024 --repeats 5
 step 240 "Chapter 4: GPT-2 124M training throughput and MFU (bf16, SDPA, torch.compile)" \
     "$PY" tests/bench/bench_train_throughput.py --device cuda --preset gpt2 --vocab-size 50304 --micro-batch 16 --seq-len 1024 \
     --steps 60 --warmup-steps 15 --compile --variants bare loop
 if [ -f tests/bench/bench_eval_throughput.py ]; then
-    step 90 "Chapter 5: evaluation throughput" "$PY" tests/bench/bench_eval_throughput.py --device cuda
+    step 80 "Chapter 5: evaluation throughput" "$PY" tests/bench/bench_eval_throughput.py --device cuda
 else
     echo "## Chapter 5: evaluation throughput"$'\n'"not measured: tests/bench/bench_eval_throughput.py does not exist yet"$'\n' >> "$RESULTS"
 fi
+step 50 "Chapter 5: full fine-tuning vs LoRA (GPT-2 124M shapes, rank 8)" \
+    "$PY" tests/bench/bench_lora.py --device cuda --preset gpt2 --batch-size 8 --block-size 1024
 echo "results: $RESULTS"
