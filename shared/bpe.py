@@ -139,27 +139,6 @@ def train_merges(chunk_counts: dict[bytes, int], num_merges: int, progress: bool
 
 
 # ---- ch02_data/04_bpe_tokenizer.ipynb
-class TokenizerFileError(FileFormatError):
-    """A tokenizer file that is missing, corrupt, of a foreign format or of an unsupported version."""
-
-
-FILE_FORMAT, FILE_VERSION = "llm-book-bpe", 1
-
-
-def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-    """Encode `token` with only the ranks below max_rank, tiktoken's educational way (used to recover merges)."""
-    parts = [bytes([b]) for b in token]
-    while True:
-        best, best_rank = None, None
-        for i, (a, b) in enumerate(zip(parts, parts[1:])):
-            rank = ranks.get(a + b)
-            if rank is not None and rank < max_rank and (best_rank is None or rank < best_rank):
-                best, best_rank = i, rank
-        if best is None:
-            return parts
-        parts = parts[:best] + [parts[best] + parts[best + 1]] + parts[best + 2:]
-
-
 class BPETokenizer:
     """Byte-level BPE: regex pre-tokenisation, ordered merges, special tokens (tiktoken-compatible semantics)."""
 
@@ -294,76 +273,72 @@ class BPETokenizer:
                   else train_merges(chunk_counts, num_merges, progress=progress))
         return cls(merges, special_tokens=special_tokens, pattern=pattern, name=name)
 
-    # ------------------------------------------------------------------ interoperability
+    # ------------------------------------------------------------------ interoperability and files
     @classmethod
     def from_tiktoken_ranks(cls, ranks: dict[bytes, int], *, special_tokens: dict[str, int] | None = None,
                             pattern: str = GPT2_SPLIT_PATTERN, name: str = "bpe") -> "BPETokenizer":
-        """Recover ordered merges from tiktoken-style ranks (token bytes -> id), e.g. GPT-2's 50,256 ranks.
-
-        Ranks 0..255 must be the single bytes; each later token must split, using only lower ranks, into exactly two
-        earlier tokens — that pair is its merge.
-        """
-        by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
-        if [r for _, r in by_rank] != list(range(len(by_rank))) or len(by_rank) < 256:
-            raise ValueError("ranks must be 0..n-1 with n >= 256")
-        if any(len(tok) != 1 for tok, _ in by_rank[:256]):
-            raise ValueError("ranks 0..255 must be the 256 single bytes")
-        base = b"".join(tok for tok, _ in by_rank[:256])
-        merges = []
-        for token, rank in by_rank[256:]:
-            parts = _bpe_split(ranks, token, rank)
-            if len(parts) != 2:
-                raise ValueError(f"rank {rank} ({token!r}) is not the merge of two lower-ranked tokens")
-            merges.append((ranks[parts[0]], ranks[parts[1]]))
-        return cls(merges, special_tokens=special_tokens or {}, pattern=pattern, base=base, name=name)
+        """Recover ordered merges from tiktoken-style ranks (token bytes -> id), e.g. GPT-2's 50,256 ranks
+        (section 4.9: `_from_tiktoken_ranks`)."""
+        return _from_tiktoken_ranks(cls, ranks, special_tokens=special_tokens, pattern=pattern, name=name)
 
     def to_tiktoken(self, name: str | None = None):
-        """The same tokenizer as a `tiktoken.Encoding` (Rust, multi-threaded), much faster. Identical ids, with one
-        exception: code points that the `regex` package's newer Unicode tables call letters or digits and tiktoken's
-        engine does not (all unassigned in Unicode 14.0; notebook 04, section 4.9) can be split differently."""
-        import tiktoken
-        ranks = {token: i for i, token in enumerate(self.vocab)}
-        if len(ranks) != len(self.vocab):
-            raise ValueError("two merges produce the same bytes; tiktoken needs every token's bytes to be unique")
-        return tiktoken.Encoding(name or self.name, pat_str=self.pattern, mergeable_ranks=ranks,
-                                 special_tokens=self.special_tokens)
-
-    # ------------------------------------------------------------------ files
-    def _payload(self) -> dict:
-        return {"format": FILE_FORMAT, "version": FILE_VERSION, "name": self.name, "pattern": self.pattern,
-                "base": list(self.base), "special_tokens": self.special_tokens,
-                "merges": [[list(self.vocab[a]), list(self.vocab[b])] for a, b in self.merges]}
+        """The same tokenizer as a fast `tiktoken.Encoding` (section 4.10: `_to_tiktoken`)."""
+        return _to_tiktoken(self, name)
 
     def save(self, path: str | Path) -> Path:
-        """Write a versioned JSON file (merges as byte lists, a checksum); atomic: a crash never leaves half a file."""
-        if len(set(self.vocab)) != len(self.vocab):
-            raise ValueError("two merges produce the same bytes; the file format stores merges as bytes and cannot "
-                             "tell them apart")
-        record = self._payload()
-        record["sha256"] = json_checksum(record)
-        # shared.files' versioned JSON, written compactly: indented, GPT-2's 50,000 merges would be 400,000 lines
-        return atomic_write(path, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        """Write a versioned JSON file (merges as byte lists, a checksum), atomically (section 4.8: `_save`)."""
+        return _save(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "BPETokenizer":
-        """Read a file written by `save`; anything else raises TokenizerFileError saying what is wrong."""
-        path = Path(path)
-        try:
-            data = read_versioned_json(path, FILE_FORMAT, FILE_VERSION, kind="tokenizer file")
-        except FileFormatError as e:
-            raise TokenizerFileError(_known_foreign_file(path) or str(e)) from None
-        try:
-            base = bytes(data["base"])
-            vocab = {bytes([b]): i for i, b in enumerate(base)}
-            merges = []
-            for left, right in data["merges"]:
-                a, b = vocab[bytes(left)], vocab[bytes(right)]
-                vocab.setdefault(bytes(left) + bytes(right), 256 + len(merges))
-                merges.append((a, b))
-            return cls(merges, special_tokens=dict(data["special_tokens"]), pattern=data["pattern"], base=base,
-                       name=data["name"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise TokenizerFileError(f"{path}: invalid {FILE_FORMAT} content ({type(e).__name__}: {e})") from None
+        """Read a file written by `save`; anything else raises TokenizerFileError (section 4.8: `_load`)."""
+        return _load(cls, path)
+
+
+# ---- ch02_data/04_bpe_tokenizer.ipynb
+class TokenizerFileError(FileFormatError):
+    """A tokenizer file that is missing, corrupt, of a foreign format or of an unsupported version."""
+
+
+FILE_FORMAT, FILE_VERSION = "llm-book-bpe", 1
+
+
+def _payload(tokenizer: BPETokenizer) -> dict:
+    return {"format": FILE_FORMAT, "version": FILE_VERSION, "name": tokenizer.name, "pattern": tokenizer.pattern,
+            "base": list(tokenizer.base), "special_tokens": tokenizer.special_tokens,
+            "merges": [[list(tokenizer.vocab[a]), list(tokenizer.vocab[b])] for a, b in tokenizer.merges]}
+
+
+def _save(tokenizer: BPETokenizer, path: str | Path) -> Path:
+    """Write a versioned JSON file (merges as byte lists, a checksum); atomic: a crash never leaves half a file."""
+    if len(set(tokenizer.vocab)) != len(tokenizer.vocab):
+        raise ValueError("two merges produce the same bytes; the file format stores merges as bytes and cannot "
+                         "tell them apart")
+    record = _payload(tokenizer)
+    record["sha256"] = json_checksum(record)
+    # shared.files' versioned JSON, written compactly: indented, GPT-2's 50,000 merges would be 400,000 lines
+    return atomic_write(path, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+
+
+def _load(cls: type[BPETokenizer], path: str | Path) -> BPETokenizer:
+    """Read a file written by `save`; anything else raises TokenizerFileError saying what is wrong."""
+    path = Path(path)
+    try:
+        data = read_versioned_json(path, FILE_FORMAT, FILE_VERSION, kind="tokenizer file")
+    except FileFormatError as e:
+        raise TokenizerFileError(_known_foreign_file(path) or str(e)) from None
+    try:
+        base = bytes(data["base"])
+        vocab = {bytes([b]): i for i, b in enumerate(base)}
+        merges = []
+        for left, right in data["merges"]:
+            a, b = vocab[bytes(left)], vocab[bytes(right)]
+            vocab.setdefault(bytes(left) + bytes(right), 256 + len(merges))
+            merges.append((a, b))
+        return cls(merges, special_tokens=dict(data["special_tokens"]), pattern=data["pattern"], base=base,
+                   name=data["name"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise TokenizerFileError(f"{path}: invalid {FILE_FORMAT} content ({type(e).__name__}: {e})") from None
 
 
 def _known_foreign_file(path: Path) -> str | None:
@@ -388,11 +363,62 @@ def _known_foreign_file(path: Path) -> str | None:
     return None
 
 
+# ---- ch02_data/04_bpe_tokenizer.ipynb
+def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """Encode `token` with only the ranks below max_rank, tiktoken's educational way (used to recover merges)."""
+    parts = [bytes([b]) for b in token]
+    while True:
+        best, best_rank = None, None
+        for i, (a, b) in enumerate(zip(parts, parts[1:])):
+            rank = ranks.get(a + b)
+            if rank is not None and rank < max_rank and (best_rank is None or rank < best_rank):
+                best, best_rank = i, rank
+        if best is None:
+            return parts
+        parts = parts[:best] + [parts[best] + parts[best + 1]] + parts[best + 2:]
+
+
+def _from_tiktoken_ranks(cls: type[BPETokenizer], ranks: dict[bytes, int], *,
+                         special_tokens: dict[str, int] | None = None,
+                         pattern: str = GPT2_SPLIT_PATTERN, name: str = "bpe") -> BPETokenizer:
+    """Recover ordered merges from tiktoken-style ranks (token bytes -> id), e.g. GPT-2's 50,256 ranks.
+
+    Ranks 0..255 must be the single bytes; each later token must split, using only lower ranks, into exactly two
+    earlier tokens — that pair is its merge.
+    """
+    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
+    if [r for _, r in by_rank] != list(range(len(by_rank))) or len(by_rank) < 256:
+        raise ValueError("ranks must be 0..n-1 with n >= 256")
+    if any(len(tok) != 1 for tok, _ in by_rank[:256]):
+        raise ValueError("ranks 0..255 must be the 256 single bytes")
+    base = b"".join(tok for tok, _ in by_rank[:256])
+    merges = []
+    for token, rank in by_rank[256:]:
+        parts = _bpe_split(ranks, token, rank)
+        if len(parts) != 2:
+            raise ValueError(f"rank {rank} ({token!r}) is not the merge of two lower-ranked tokens")
+        merges.append((ranks[parts[0]], ranks[parts[1]]))
+    return cls(merges, special_tokens=special_tokens or {}, pattern=pattern, base=base, name=name)
+
+
 def gpt2_tokenizer() -> BPETokenizer:
     """GPT-2's tokenizer rebuilt from its ranks (registry source "gpt2_bpe") with our code."""
     from shared.registry import load
     return BPETokenizer.from_tiktoken_ranks(load("gpt2_bpe", verbose=False), special_tokens={ENDOFTEXT: 50256},
                                             name="gpt2")
+
+
+# ---- ch02_data/04_bpe_tokenizer.ipynb
+def _to_tiktoken(tokenizer: BPETokenizer, name: str | None = None):
+    """The same tokenizer as a `tiktoken.Encoding` (Rust, multi-threaded), much faster. Identical ids, with one
+    exception: code points that the `regex` package's newer Unicode tables call letters or digits and tiktoken's
+    engine does not (all unassigned in Unicode 14.0; notebook 04, section 4.9) can be split differently."""
+    import tiktoken
+    ranks = {token: i for i, token in enumerate(tokenizer.vocab)}
+    if len(ranks) != len(tokenizer.vocab):
+        raise ValueError("two merges produce the same bytes; tiktoken needs every token's bytes to be unique")
+    return tiktoken.Encoding(name or tokenizer.name, pat_str=tokenizer.pattern, mergeable_ranks=ranks,
+                             special_tokens=tokenizer.special_tokens)
 
 
 def get_encoding(spec: str | Path):
