@@ -183,7 +183,7 @@ def resize_vocabulary(model, vocab_size: int, init_rows: Iterable[int] = ()) -> 
     if vocab_size < old_V:
         raise ValueError(f"cannot shrink the vocabulary from {old_V} to {vocab_size}: trained rows would be lost")
     fresh = sorted(set(range(old_V, vocab_size)) | {int(i) for i in init_rows})
-    old_rows = [i for i in range(old_V) if i not in set(fresh)]
+    old_rows = sorted(set(range(old_V)) - set(fresh))
 
     def grown(weight: torch.Tensor) -> torch.Tensor:
         out = weight.new_empty(vocab_size, C)
