@@ -535,11 +535,12 @@ def base_model_paths(run_dir: str | Path) -> tuple[Path, str]:
     return stage_dir(run_dir, "train") / trained["checkpoint"], tokenizer
 
 
-def base_model(run_dir: str | Path | None = None, preset: str = "laptop") -> tuple[Path, str]:
+def base_model(run_dir: str | Path | None = None, preset: str = "laptop", echo=print) -> tuple[Path, str]:
     """The book's trained base model: runs prepare and train if they have not finished (a no-op when they have)
     and returns (checkpoint file, tokenizer). Load them with shared.checkpoint.load_model(checkpoint) and
-    shared.bpe.get_encoding(tokenizer) (a tiktoken Encoding; "gpt2" or a chapter-2 BPE file)."""
+    shared.bpe.get_encoding(tokenizer) (a tiktoken Encoding; "gpt2" or a chapter-2 BPE file). echo: where the
+    stage log goes (lambda line: None for silence; it names the run directory and differs from run to run)."""
     name, _ = resolve_preset(preset)
     run_dir = (Path(run_dir) if run_dir is not None else RUNS / f"final-{name}").resolve()
-    run_pipeline(run_dir, preset, stop_after="train")
+    run_pipeline(run_dir, preset, stop_after="train", echo=echo)
     return base_model_paths(run_dir)

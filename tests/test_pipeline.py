@@ -74,6 +74,8 @@ def test_base_model_returns_a_loadable_model_and_tokenizer(finished, capsys):
     from shared.checkpoint import load_model
     checkpoint, tokenizer = base_model(finished[0], preset="smoke")       # finished: a no-op
     assert "train: done earlier" in capsys.readouterr().out
+    assert base_model(finished[0], preset="smoke", echo=lambda line: None) == (checkpoint, tokenizer)
+    assert capsys.readouterr().out == ""
     model, encoding = load_model(checkpoint), get_encoding(tokenizer)
     assert encoding.n_vocab == model.config.vocab_size == 1024 and model.config.block_size == 64
 
