@@ -11,10 +11,12 @@ NBVAL    := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_saniti
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml tests/diagrams/package-lock.json
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install -r requirements.txt
+	# Mermaid's parser for tests/test_diagrams.py, only where npm exists (the book itself needs no Node.js)
+	if command -v npm >/dev/null 2>&1; then npm ci --silent --prefix tests/diagrams; fi
 	touch $@
 
 ## List the data sources and fetch the pinned ones into the cache, so notebooks start warm (add ARGS=--remote for the rest).
