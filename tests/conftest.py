@@ -17,3 +17,13 @@ def ranks(request) -> tuple[int, dict]:
     """(number of ranks, rank 0's results) of `python -m torch.distributed.run ... THIS_TEST_FILE --out FILE`."""
     results = run_torchrun_json(request.module.__file__, nproc=request.param, timeout=240, cwd=ROOT)
     return request.param, results
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small matrices on a shared 2-core machine: one thread is many times faster than two fighting for a core."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,13 +28,7 @@ def _classifier(seed=0, max_len=None):
     return GPTClassifier(gpt, LABELS, encode, PAD, max_len)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices on a shared machine: one thread is many times faster than two fighting for a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ from shared.model import GPT, GPTConfig
 CONFIG = GPTConfig.from_preset("tiny", vocab_size=97, block_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices on a shared machine: one thread is many times faster than two fighting for a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py
 
 
 def _model(seed=0, **overrides):

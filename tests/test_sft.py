@@ -19,13 +19,7 @@ from shared.sft import (END, INPUT, INSTRUCTION, RESPONSE, SFT_TOKENS, Example, 
 from shared.training import IGNORE_INDEX
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than several fighting over a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py
 
 
 @pytest.fixture(scope="module")
