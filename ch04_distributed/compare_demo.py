@@ -25,7 +25,8 @@ from shared.model import GPT, GPTConfig, num_parameters
 from shared.parallel import sharded, tensor
 from shared.parallel.comm import CollectiveCounter
 from shared.parallel.data import count_ddp_all_reduces
-from shared.parallel.runtime import add_out_argument, distributed, require_torchrun, write_result
+from shared.parallel.runtime import (add_model_arguments, add_out_argument, distributed, model_config_from_args,
+                                     require_torchrun, write_result)
 
 STRATEGIES = ("ddp", "tp", "fsdp")
 
@@ -34,22 +35,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--steps", type=int, default=8, help="timed AdamW steps per strategy (after 2 warm-up steps)")
-    parser.add_argument("--batch", type=int, default=8, help="global batch B (sequences per step, all ranks)")
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--n-layer", type=int, default=4)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--n-embd", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=2048)
+    add_model_arguments(parser, batch=8, seq_len=64, n_layer=4, n_head=4, n_embd=128, vocab=2048)
     add_out_argument(parser)
     args = parser.parse_args(argv)
-    if min(args.steps, args.batch, args.seq_len) < 1:
-        parser.error("--steps, --batch and --seq-len must be positive")
+    if args.steps < 1:
+        parser.error("--steps must be positive")
+    args.config = model_config_from_args(parser, args)
     return args
-
-
-def model_config(args) -> GPTConfig:
-    return GPTConfig(vocab_size=args.vocab, block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
-                     n_embd=args.n_embd)
 
 
 def check(args, world_size: int) -> None:
@@ -58,7 +50,7 @@ def check(args, world_size: int) -> None:
         raise SystemExit(f"compare_demo.py: --batch {args.batch} does not split across {world_size} ranks")
     if "tp" in args.strategies:
         try:
-            tensor.check_tensor_parallel_degree(model_config(args), world_size)
+            tensor.check_tensor_parallel_degree(args.config, world_size)
         except ValueError as e:
             raise SystemExit(f"compare_demo.py: {e}") from None
 
@@ -126,7 +118,7 @@ def main(argv=None) -> None:
     require_torchrun("ch04_distributed/compare_demo.py")
     check(args, int(os.environ["WORLD_SIZE"]))
     with distributed("cpu", timeout_s=120) as ctx:
-        config = model_config(args)
+        config = args.config
         batch = torch.randint(args.vocab, (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(1))
         x, y = batch[:, :-1], batch[:, 1:]
         results = {"world_size": ctx.world_size, "num_params": num_parameters(config), "batch": args.batch,

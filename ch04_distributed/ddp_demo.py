@@ -29,7 +29,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from shared.model import GPT, GPTConfig
 from shared.parallel.data import (BucketedDataParallel, CommStats, NaiveDataParallel, bucket_layout,
                                   count_ddp_all_reduces)
-from shared.parallel.runtime import add_out_argument, distributed, run_torchrun_json, write_result
+from shared.parallel.runtime import (add_model_arguments, add_out_argument, distributed, model_config_from_args,
+                                     run_torchrun_json, write_result)
 
 IMPLS = ("none", "naive", "bucketed", "torch")
 
@@ -39,16 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--impl", choices=IMPLS, default="bucketed", help="none: the bare model, one process only")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps")
     parser.add_argument("--warmup", type=int, default=1, help="first steps left out of the timing")
-    parser.add_argument("--batch", type=int, default=8, help="global batch: sequences per optimizer step, all ranks")
     parser.add_argument("--accum", type=int, default=1, help="micro-batches per rank per optimizer step")
     parser.add_argument("--sync-every-micro-batch", action="store_true",
                         help="all-reduce after every micro-batch (no no_sync): the wasteful way, for comparison")
-    parser.add_argument("--seq-len", type=int, default=16)
     parser.add_argument("--preset", help="a GPTConfig preset (e.g. laptop); else the small shape below")
-    parser.add_argument("--n-layer", type=int, default=2)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--n-embd", type=int, default=32)
-    parser.add_argument("--vocab", type=int, default=64)
+    add_model_arguments(parser, batch=8, seq_len=16, n_layer=2, n_head=4, n_embd=32, vocab=64,
+                        batch_help="global batch: sequences per optimizer step, all ranks")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--clip", type=float, default=0.5, help="gradient-norm clipping (below the norm: it clips)")
@@ -58,21 +55,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     add_out_argument(parser)
     args = parser.parse_args(argv)
-    for name in ("steps", "batch", "accum", "seq_len", "threads"):
+    for name in ("steps", "accum", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if not 0 <= args.warmup < args.steps:
         parser.error("--warmup must be at least 0 and less than --steps")
     if args.bucket_cap_mb <= 0:
         parser.error("--bucket-cap-mb must be positive")
-    return args
-
-
-def model_config(args) -> GPTConfig:
+    args.config = model_config_from_args(parser, args)
     if args.preset:
-        return GPTConfig.from_preset(args.preset, block_size=args.seq_len)
-    return GPTConfig(vocab_size=args.vocab, block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
-                     n_embd=args.n_embd)
+        try:
+            args.config = GPTConfig.from_preset(args.preset, block_size=args.seq_len)
+        except ValueError as e:
+            parser.error(str(e))
+    return args
 
 
 def wrap(model, args, ctx):
@@ -128,7 +124,7 @@ def replicas_identical(model, ctx) -> bool:
 
 def run(args, ctx) -> dict:
     torch.set_num_threads(args.threads)
-    config = model_config(args)
+    config = args.config
     p, rank = ctx.world_size, ctx.rank
     if args.batch % (p * args.accum):
         raise ValueError(f"--batch {args.batch} must be a multiple of ranks x --accum = {p} x {args.accum}")

@@ -25,10 +25,11 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from shared.files import atomic_write
-from shared.model import GPT, GPTConfig
+from shared.model import GPT
 from shared.parallel import sharded
 from shared.parallel.comm import CollectiveCounter
-from shared.parallel.runtime import add_out_argument, distributed, require_torchrun, write_result
+from shared.parallel.runtime import (add_model_arguments, add_out_argument, distributed, model_config_from_args,
+                                     require_torchrun, write_result)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,19 +37,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--strategy", choices=("fsdp", "zero1"), default="fsdp",
                         help="fsdp: FSDP2 (ZeRO-3); zero1: notebook 06's ZeRO1AdamW from scratch")
     parser.add_argument("--steps", type=int, default=5, help="AdamW steps")
-    parser.add_argument("--batch", type=int, default=8, help="global batch (split across the ranks)")
-    parser.add_argument("--seq-len", type=int, default=32)
-    parser.add_argument("--n-layer", type=int, default=2)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--n-embd", type=int, default=64)
-    parser.add_argument("--vocab", type=int, default=512)
+    add_model_arguments(parser, batch=8, seq_len=32, n_layer=2, n_head=4, n_embd=64, vocab=512,
+                        batch_help="global batch (split across the ranks)")
     parser.add_argument("--save", type=Path, help="write a DCP checkpoint (model + optimizer) here at the end")
     parser.add_argument("--resume", type=Path, help="load this DCP checkpoint before training")
     parser.add_argument("--full-state", type=Path, help="rank 0 writes the final unsharded weights here")
     add_out_argument(parser)
     args = parser.parse_args(argv)
-    if min(args.steps, args.batch, args.seq_len) < 1:
-        parser.error("--steps, --batch and --seq-len must be positive")
+    if args.steps < 1:
+        parser.error("--steps must be positive")
+    args.config = model_config_from_args(parser, args)
     if args.strategy == "zero1" and (args.save or args.resume):
         parser.error("DCP checkpoints (--save, --resume) are for --strategy fsdp")
     return args
@@ -72,8 +70,7 @@ def main(argv=None) -> None:
 
 
 def run(args, ctx) -> dict:
-    config = GPTConfig(vocab_size=args.vocab, block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
-                       n_embd=args.n_embd)
+    config = args.config
     torch.manual_seed(0)
     reference = GPT(config)                                   # single-process training, on every rank
     opt_ref = torch.optim.AdamW(reference.parameters(), lr=3e-3, weight_decay=0.1)

@@ -24,10 +24,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from shared.model import GPT, GPTConfig
+from shared.model import GPT
 from shared.parallel import tensor as tp
 from shared.parallel.comm import CollectiveCounter
-from shared.parallel.runtime import add_out_argument, distributed, require_torchrun, write_result
+from shared.parallel.runtime import (add_model_arguments, add_out_argument, distributed, model_config_from_args,
+                                     require_torchrun, write_result)
 from shared.training import accumulate_gradients, parameter_groups
 
 
@@ -36,12 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--impl", choices=("scratch", "dtensor"), default="scratch")
     parser.add_argument("--sequence-parallel", action="store_true", help="dtensor only: split norms by sequence")
     parser.add_argument("--steps", type=int, default=5, help="AdamW steps compared with single-process training")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=32)
-    parser.add_argument("--n-layer", type=int, default=2)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--n-embd", type=int, default=64)
-    parser.add_argument("--vocab", type=int, default=512)
+    add_model_arguments(parser, batch=4, seq_len=32, n_layer=2, n_head=4, n_embd=64, vocab=512)
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest absolute difference called equal for one forward/backward")
     parser.add_argument("--train-tolerance", type=float, default=1e-4,
@@ -51,8 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.sequence_parallel and args.impl != "dtensor":
         parser.error("--sequence-parallel needs --impl dtensor")
-    if min(args.steps, args.batch, args.seq_len) < 1:
-        parser.error("--steps, --batch and --seq-len must be positive")
+    if args.steps < 1:
+        parser.error("--steps must be positive")
+    args.config = model_config_from_args(parser, args)
     return args
 
 
@@ -144,7 +141,7 @@ def main(argv=None) -> None:
     require_torchrun("ch04_distributed/tp_demo.py")
     warnings.filterwarnings("ignore", message="Full backward hook")      # from torch's PrepareModuleInput
     try:                                # an impossible split fails here, in one line, before any rank starts work
-        tp.check_tensor_parallel_degree(model_config(args), int(os.environ["WORLD_SIZE"]))
+        tp.check_tensor_parallel_degree(args.config, int(os.environ["WORLD_SIZE"]))
     except ValueError as e:
         raise SystemExit(f"tp_demo.py: {e}") from None
     with distributed("cpu", timeout_s=120) as ctx:
@@ -153,13 +150,8 @@ def main(argv=None) -> None:
             write_result(result, args.out)
 
 
-def model_config(args) -> GPTConfig:
-    return GPTConfig(vocab_size=args.vocab, block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
-                     n_embd=args.n_embd)
-
-
 def run(args, ctx) -> dict:
-    config = model_config(args)
+    config = args.config
     torch.manual_seed(0)
     reference = GPT(config)                        # the unsharded model, on every rank
     model = split_model(copy.deepcopy(reference), args, ctx)

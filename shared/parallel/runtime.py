@@ -102,6 +102,29 @@ def add_out_argument(parser) -> None:
     parser.add_argument("--out", type=Path, help="write rank 0's results here as JSON (default: print them)")
 
 
+def add_model_arguments(parser, *, batch: int, seq_len: int, n_layer: int, n_head: int, n_embd: int, vocab: int,
+                        batch_help: str = "global batch B (sequences per step, all ranks)") -> None:
+    """The small GPT and batch every demo takes: --batch --seq-len --n-layer --n-head --n-embd --vocab."""
+    parser.add_argument("--batch", type=int, default=batch, help=batch_help)
+    for flag, default in (("--seq-len", seq_len), ("--n-layer", n_layer), ("--n-head", n_head), ("--n-embd", n_embd),
+                          ("--vocab", vocab)):
+        parser.add_argument(flag, type=int, default=default)
+
+
+def model_config_from_args(parser, args):
+    """The GPTConfig of add_model_arguments' flags (block_size = --seq-len); an impossible shape or a batch size below
+    one ends in one parser error line."""
+    from shared.model import GPTConfig        # here, not at the top: the launcher half of this module needs no model
+
+    if min(args.batch, args.seq_len) < 1:
+        parser.error("--batch and --seq-len must be positive")
+    try:
+        return GPTConfig(vocab_size=args.vocab, block_size=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
+                         n_embd=args.n_embd)
+    except ValueError as e:
+        parser.error(str(e))
+
+
 def write_result(result: dict, out: Path | None) -> None:
     """Rank 0's results as JSON: written atomically to `out`, or printed when there is none."""
     text = json.dumps(result, indent=1)
