@@ -8,107 +8,12 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from html.parser import HTMLParser
 from typing import Callable, Sequence
 
 import numpy as np
 
+from shared.html_text import strip_html
 from shared.registry import Document
-
-
-# ---- ch02_data/02_cleaning.ipynb
-# Elements whose content a reader never sees; page furniture; elements that start a new block.
-_INVISIBLE = {"script", "style", "noscript", "template", "svg", "math", "head", "iframe", "object", "canvas"}
-_BOILERPLATE = {"nav", "header", "footer", "aside", "form", "button", "select"}
-_BLOCK = {"p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "dl",
-          "dt", "dd", "table", "tr", "blockquote", "pre", "figure", "figcaption", "details", "summary", "hr",
-          "address", "center", "title", "body", "html", "caption", "thead", "tbody", "tfoot", "picture", "br"}
-_ONE_LINE = {"li", "tr", "dt", "dd", "br"}       # start a line, but need no blank line after them
-_VOID = {"br", "hr", "img", "input", "meta", "link", "source", "wbr", "area", "base", "col", "embed", "track"}
-_INLINE = {"a", "abbr", "b", "i", "em", "strong", "code", "kbd", "small", "span", "sub", "sup", "u", "s", "mark",
-           "q", "cite", "img", "td", "th", "source", "label", "font", "time", "var", "samp", "del", "ins", "tt"}
-_KNOWN = _INVISIBLE | _BOILERPLATE | _BLOCK | _VOID | _INLINE
-# whitespace inside <pre> travels as private-use characters until the rest of the text is collapsed
-_PROTECT = {ord(" "): "\ue000", ord("\t"): "\ue001", ord("\n"): "\ue002"}
-_UNPROTECT = {ord(v): k for k, v in _PROTECT.items()}
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self, skip: set[str], keep_layout: bool):
-        super().__init__(convert_charrefs=True)      # entities (&amp; &#8217; ...) arrive decoded
-        self.skip, self.keep_layout = skip, keep_layout
-        self.hidden: list[str] = []                  # open elements whose content is dropped
-        self.pre, self.parts = 0, []
-
-    def handle_starttag(self, tag, attrs):
-        if tag not in _KNOWN:                        # "<Response [200 OK]>" in prose is text, not a tag
-            if self.keep_layout and not self.hidden:
-                self.parts.append(self.get_starttag_text())
-            return
-        if tag == "body":                            # a <head> left open ends where the body starts
-            self.hidden = [t for t in self.hidden if t != "head"]
-        if tag in self.skip and tag not in _VOID:
-            self.hidden.append(tag)
-        elif tag in _BLOCK or tag in {"td", "th"}:
-            self.parts.append("\n" if tag in _BLOCK else " ")
-            if tag == "li" and not self.hidden:
-                self.parts.append("- ")
-        if tag == "pre":
-            self.pre += 1
-
-    def handle_endtag(self, tag):
-        if tag not in _KNOWN:
-            if self.keep_layout and not self.hidden:
-                self.parts.append(f"</{tag}>")
-            return
-        if self.hidden and tag in self.skip:
-            if tag in self.hidden:                   # close it, and anything left open inside it
-                del self.hidden[len(self.hidden) - 1 - self.hidden[::-1].index(tag):]
-        elif tag in _BLOCK and tag not in _ONE_LINE:
-            self.parts.append("\n")
-        if tag == "pre":
-            self.pre = max(0, self.pre - 1)
-
-    def handle_data(self, data):
-        if self.hidden:
-            return
-        if self.keep_layout:
-            self.parts.append(data)
-        elif self.pre:                               # protected from the whitespace collapsing below
-            self.parts.append(data.translate(_PROTECT))
-        else:                                        # a run of whitespace in HTML source shows as one space
-            self.parts.append(re.sub(r"\s+", " ", data))
-
-
-def html_to_text(html: str, drop_boilerplate: bool = True, keep_layout: bool = False) -> str:
-    '''The visible text of an HTML page, one block per line (standard library html.parser only).
-
-    Scripts, styles and other invisible elements are dropped; with drop_boilerplate, so are navigation, page
-    headers and footers, sidebars and forms. Entities are decoded, list items become "- " lines, whitespace is
-    collapsed as a browser would. With keep_layout (text with a few tags in it, such as Markdown with inline
-    HTML), only the tags go: the text keeps its own line breaks, and only scripts and styles are hidden (an
-    unclosed <head> inside a code example must not hide the rest of the document).
-    '''
-    skip = {"script", "style"} if keep_layout else _INVISIBLE | (_BOILERPLATE if drop_boilerplate else set())
-    parser = _TextExtractor(skip, keep_layout)
-    parser.feed(html)
-    parser.close()
-    text = "".join(parser.parts)
-    if not keep_layout:
-        text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
-    text = re.sub(r"\n[ \t]*\n(?:[ \t]*\n)+", "\n\n", text).strip()
-    return text.translate(_UNPROTECT) if not keep_layout else text
-
-
-_HTML_TAG = re.compile(r"</?(?:" + "|".join(sorted(_KNOWN)) + r")\b[^<>]*>", re.I)
-_HTML_PAGE = re.compile(r"^\s*<(?:!doctype\s+html|html)\b", re.I)
-
-
-def strip_html(text: str) -> str:
-    '''A whole HTML page becomes its visible text; other text loses its HTML tags but keeps its layout.'''
-    if not _HTML_TAG.search(text):
-        return text
-    return html_to_text(text, keep_layout=not _HTML_PAGE.match(text))
 
 
 # ---- ch02_data/02_cleaning.ipynb

@@ -1,4 +1,5 @@
-"""Cleaning (shared/cleaning.py, notebook ch02_data/02_cleaning): each rule keeps and drops what it should.
+"""Cleaning (shared/html_text.py and shared/cleaning.py, notebook ch02_data/02_cleaning): HTML extraction and each
+rule keep and drop what they should.
 
 Fixtures are cut from real text: Hamlet (Gutenberg), PyPI project pages (httpx, httpcore, tqdm, psutil,
 fonttools), HumanEval's tests, the Universal Declaration of Human Rights.
@@ -7,10 +8,10 @@ import pytest
 
 from shared.cleaning import (Step, alphabetic_word_fraction, bullet_line_fraction, clean_documents, default_steps,
                              duplicate_line_fraction, duplicate_ngram_char_fraction, ellipsis_line_fraction,
-                             english_stop_word_ratio, find_pii, gopher_quality_steps, gopher_repetition_steps,
-                             html_to_text, keep_if, mask_pii, mean_word_length, normalize_unicode,
-                             normalize_whitespace, run_pipeline, stop_word_count, strip_html, symbol_to_word_ratio,
-                             top_ngram_char_fraction, transform, word_count)
+                             english_stop_word_ratio, find_pii, gopher_quality_steps, gopher_repetition_steps, keep_if,
+                             mask_pii, mean_word_length, normalize_unicode, normalize_whitespace, run_pipeline,
+                             stop_word_count, symbol_to_word_ratio, top_ngram_char_fraction, transform, word_count)
+from shared.html_text import html_to_text, strip_html
 from shared.registry import Document, load
 
 HAMLET = """To be, or not to be, that is the question:

@@ -47,7 +47,7 @@ def _tiny_shakespeare():
     return [_registry.Document("tinyshakespeare", "\\n\\n".join(d.text for d in plays)[:1_100_000])]
 
 def _fineweb_edu():                # FineWeb's text is already extracted from the HTML
-    from shared.cleaning import strip_html
+    from shared.html_text import strip_html
     pages = _registry.load("web_text")[::3]
     return [_registry.Document(f"<urn:uuid:{i:08d}-fake>", strip_html(d.text)) for i, d in enumerate(pages)]
 
