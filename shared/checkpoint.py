@@ -176,17 +176,6 @@ def check_compatible(payload: dict, model_config: GPTConfig, train_config: dict 
             raise CheckpointError(f"{path}: another run's checkpoint: {'; '.join(diffs)}")
 
 
-def restore_checkpoint(payload: dict, model: torch.nn.Module, optimizer=None, scheduler=None, rank: int = 0) -> None:
-    """Load the states into the (bare) model, optimizer and scheduler, and this rank's random states."""
-    model.load_state_dict(payload["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(payload["scheduler"])
-    if payload.get("rng") and rank < len(payload["rng"]):
-        set_rng_state(payload["rng"][rank])
-
-
 # ---- ch04_distributed/01_training_loop.ipynb
 def strip_prefixes(state: dict) -> dict:
     """Checkpoints of wrapped models carry the wrapper's prefix: torch.compile's `_orig_mod.`, DDP's `module.`."""

@@ -26,8 +26,3 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     return None
 
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global RNG (and return a generator with the same seed) for reproducible cells."""
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
