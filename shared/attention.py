@@ -99,18 +99,13 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 # ---- ch01_foundations/03_attention.ipynb
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """(B, T, C) -> (B, n_head, T, C // n_head): each head gets its own slice of the channels."""
-    if x.ndim != 3:
-        raise ValueError(f"split_heads expects (B, T, C), got shape {tuple(x.shape)}")
     B, T, C = x.shape
-    if n_head < 1 or C % n_head != 0:
-        raise ValueError(f"the width C={C} is not divisible by n_head={n_head}")
+    assert C % n_head == 0, f"the width C={C} must split into n_head={n_head} equal heads"   # callers check it
     return x.view(B, T, n_head, C // n_head).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(B, n_head, T, hs) -> (B, T, n_head * hs): the inverse of split_heads."""
-    if x.ndim != 4:
-        raise ValueError(f"merge_heads expects (B, n_head, T, head_dim), got shape {tuple(x.shape)}")
     B, nh, T, hs = x.shape
     return x.transpose(1, 2).contiguous().view(B, T, nh * hs)
 
@@ -125,7 +120,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_head: int, bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        if d_model % n_head != 0:
+        if d_model % n_head != 0:   # the one check of the sizes; split_heads only asserts it
             raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
         self.d_model, self.n_head, self.head_dim, self.dropout = d_model, n_head, d_model // n_head, dropout
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)

@@ -51,10 +51,8 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, attn: str = "sdpa"):
         super().__init__()
-        if n_embd % n_head != 0:
-            raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
-        if attn not in ATTENTION_BACKENDS:
-            raise ValueError(f"unknown attention backend {attn!r}; choose one of {ATTENTION_BACKENDS}")
+        # GPTConfig (notebook 3.02) checks the sizes and the backend with clear errors; here they are invariants.
+        assert n_embd % n_head == 0 and attn in ATTENTION_BACKENDS, f"n_embd={n_embd}, n_head={n_head}, attn={attn!r}"
         self.n_head, self.n_embd, self.attn, self.dropout = n_head, n_embd, attn, dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)   # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)       # mixes the heads back into the residual stream

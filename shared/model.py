@@ -20,9 +20,13 @@ POSITIONS = ("learned", "rope")
 
 
 # ---- ch03_model/02_gpt.ipynb
-@dataclass
+@dataclass(frozen=True)
 class GPTConfig:
-    """Every size and switch of the model. Checked when built: an impossible model fails here, not mid-forward."""
+    """Every size and switch of the model, checked once, when the config is built (`validate`, next cell).
+
+    Frozen: a checked config cannot be changed into an unchecked one, so `GPT` takes it as valid and never checks
+    it again. To change a field, build a new config: `dataclasses.replace(config, n_layer=6)` or `from_preset`.
+    """
     vocab_size: int = 50257
     block_size: int = 1024          # the longest context; the learned positional table has this many rows
     n_layer: int = 12
@@ -41,28 +45,6 @@ class GPTConfig:
     def __post_init__(self):
         self.validate()
 
-    def validate(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("bias", "prenorm", "checkpoint", "tie_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        for name, choices in (("pos", POSITIONS), ("norm", NORMS), ("attn", ATTENTION_BACKENDS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is unknown; choose one of {choices}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
-                             f"every head needs the same width")
-        if self.pos == "rope" and self.head_dim % 2 != 0:
-            raise ValueError(f"RoPE rotates pairs of channels, so the head size must be even; "
-                             f"n_embd/n_head = {self.n_embd}/{self.n_head} = {self.head_dim}")
-        if self.pos == "rope" and not self.rope_base > 0:
-            raise ValueError(f"GPTConfig.rope_base must be positive, got {self.rope_base!r}")
-
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
@@ -77,6 +59,33 @@ class GPTConfig:
         if unknown:
             raise ValueError(f"unknown GPTConfig field(s) {unknown}; the fields are {sorted(fields)}")
         return dataclasses.replace(PRESETS[name], **overrides)
+
+
+# ---- ch03_model/02_gpt.ipynb
+def _validate(config: GPTConfig) -> None:
+    c = config
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+    for name in ("bias", "prenorm", "checkpoint", "tie_weights"):
+        if not isinstance(getattr(c, name), bool):
+            raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(c, name)!r}")
+    for name, choices in (("pos", POSITIONS), ("norm", NORMS), ("attn", ATTENTION_BACKENDS)):
+        if getattr(c, name) not in choices:
+            raise ValueError(f"GPTConfig.{name}={getattr(c, name)!r} is unknown; choose one of {choices}")
+    if not 0.0 <= c.dropout < 1.0:
+        raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {c.dropout!r}")
+    if c.n_embd % c.n_head != 0:
+        raise ValueError(f"n_embd={c.n_embd} is not divisible by n_head={c.n_head}: every head needs the same width")
+    if c.pos == "rope" and c.head_dim % 2 != 0:
+        raise ValueError(f"RoPE rotates pairs of channels, so the head size must be even; "
+                         f"n_embd/n_head = {c.n_embd}/{c.n_head} = {c.head_dim}")
+    if c.pos == "rope" and not c.rope_base > 0:
+        raise ValueError(f"GPTConfig.rope_base must be positive, got {c.rope_base!r}")
+
+
+GPTConfig.validate = _validate
 
 
 PRESETS: dict[str, GPTConfig] = {
@@ -127,15 +136,10 @@ class KVCache:
         self._k: list[torch.Tensor | None] = [None] * n_layer
         self._v: list[torch.Tensor | None] = [None] * n_layer
 
-    def check_room(self, n_new: int) -> None:
-        if self.length + n_new > self.max_len:
-            raise ValueError(f"KV cache overflow: {self.length} cached + {n_new} new tokens > block_size="
-                             f"{self.max_len}; the model cannot attend further back than its context")
-
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write layer `layer`'s new keys/values (B, n_head, T, head_dim) after the cached ones; return all of them."""
         B, T = k.size(0), k.size(-2)
-        self.check_room(T)
+        assert self.length + T <= self.max_len, "GPT.forward refuses inputs longer than the context"
         buf = self._k[layer]
         if buf is None or self.length == 0:
             if buf is None or buf.shape[0] != B or buf.dtype != k.dtype or buf.device != k.device:
@@ -181,9 +185,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        config.validate()
-        self.config = config
-        c = config
+        self.config = c = config   # frozen and checked when it was built (section 1): taken as valid
         layers = dict(wte=nn.Embedding(c.vocab_size, c.n_embd))
         if c.pos == "learned":
             layers["wpe"] = LearnedPositionalEmbedding(c.block_size, c.n_embd)   # chapter 1
@@ -209,52 +211,22 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_params(self, exclude_embeddings: bool = False) -> int:
-        """Parameters counted once (the tied head shares wte); optionally without the embedding tables."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= sum(m.weight.numel() for k, m in self.transformer.items() if k in ("wte", "wpe"))
-        return n
-
-    def new_cache(self) -> KVCache:
-        c = self.config
-        return KVCache(c.n_layer, c.n_head, c.head_dim, c.block_size)
-
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, last_only: bool = False,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy against targets or None).
 
-        cache: with a KVCache, idx holds only the new tokens, positions continue from cache.length and the cache
-            is updated in place.
-        attention_mask: optional (B, cache.length + T) with 1/True for real tokens and 0/False for padding (e.g.
-            left-padded prompts of different lengths); padding is never attended to and positions count real
-            tokens only, so a padded row gives the same logits as the row alone.
-        last_only: compute the head for the last position only, logits (B, 1, vocab_size): all that generation
-            needs, and the head is the most expensive layer of a small model.
+        cache, attention_mask and last_only serve generation: see `_positions_and_mask` (next cell).
         """
-        if idx.dim() != 2 or idx.dtype != torch.long:
-            raise ValueError(f"idx must be a (batch, time) LongTensor of token ids, got {idx.dtype} "
-                             f"{tuple(idx.shape)}")
-        if last_only and targets is not None:
-            raise ValueError("last_only=True computes no logits for the loss; pass targets=None")
         c = self.config
+        past = _check_inputs(idx, targets, cache, last_only, c.block_size)   # tokens already in the cache
         B, T = idx.shape
-        past = cache.length if cache is not None else 0
-        if past + T > c.block_size:
-            raise ValueError(f"sequence of {past + T} tokens ({past} cached + {T} new) is longer than "
-                             f"block_size={c.block_size}; crop it to the last {c.block_size} tokens")
-        if cache is not None:
-            cache.check_room(T)
-        positions, attn_mask = self._positions_and_mask(B, T, past, idx.device, attention_mask)
-
-        x = self.transformer.wte(idx)
+        positions, attn_mask = _positions_and_mask(B, T, past, idx.device, attention_mask)
+        x = self.transformer.wte(idx)                                          # (B, T, C)
         if c.pos == "learned":
             x = x + self.transformer.wpe(positions.reshape(-1)).view(*positions.shape, -1)
-        angles = None
+        angles = None                                       # RoPE: no table; every layer rotates q and k instead
         if c.pos == "rope":
-            # RoPE scores depend only on relative positions, so shifting a padded row's positions changes nothing:
-            # every row can use the same angles.
             angles = rope_angles(torch.arange(past, past + T), c.head_dim, c.rope_base).to(x.device)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
@@ -266,24 +238,66 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T)
         if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(self.transformer.ln_f(x))
+            x = x[:, -1:]                                                      # generation: the next token only
+        logits = self.lm_head(self.transformer.ln_f(x))                        # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    @staticmethod
-    def _positions_and_mask(B, T, past, device, attention_mask):
-        if attention_mask is None:
-            return torch.arange(past, past + T, device=device), None
-        keep = attention_mask.to(device=device, dtype=torch.bool)
-        if keep.shape != (B, past + T):
-            raise ValueError(f"attention_mask must have shape (batch, cached + new) = {(B, past + T)}, "
-                             f"got {tuple(keep.shape)}")
-        positions = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # count real tokens only
-        causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
-        diagonal = torch.zeros(T, past + T, dtype=torch.bool, device=device)
-        diagonal[torch.arange(T), past + torch.arange(T)] = True       # a padding query sees itself: no empty row
-        mask = (causal & keep[:, None, None, :]) | diagonal
-        return positions, mask
+
+# ---- ch03_model/02_gpt.ipynb
+def _check_inputs(idx: torch.Tensor, targets, cache: KVCache | None, last_only: bool, block_size: int) -> int:
+    """The forward pass's one check of its arguments; returns how many tokens the cache already holds."""
+    if idx.dim() != 2 or idx.dtype != torch.long:
+        raise ValueError(f"idx must be a (batch, time) LongTensor of token ids, got {idx.dtype} "
+                         f"{tuple(idx.shape)}")
+    if last_only and targets is not None:
+        raise ValueError("last_only=True computes no logits for the loss; pass targets=None")
+    past = cache.length if cache is not None else 0
+    T = idx.size(1)
+    if past + T > block_size:   # the one context check: KVCache.update and generation rely on it
+        raise ValueError(f"sequence of {past + T} tokens ({past} cached + {T} new) is longer than "
+                         f"block_size={block_size}; crop it to the last {block_size} tokens")
+    return past
+
+
+def _positions_and_mask(B: int, T: int, past: int, device, attention_mask: torch.Tensor | None):
+    """Positions (T,) or (B, T) of the T new tokens, and the attention mask the blocks need (None: plain causal).
+
+    With a KVCache the new tokens continue from position `past`. attention_mask: optional (B, past + T), 1/True for
+    real tokens and 0/False for padding (left-padded prompts of different lengths): padding is never attended to and
+    positions count real tokens only, so a padded row gives the same logits as the row alone. (RoPE needs no shift:
+    its scores depend only on relative positions, so every row uses the same angles.)
+    """
+    if attention_mask is None:
+        return torch.arange(past, past + T, device=device), None
+    keep = attention_mask.to(device=device, dtype=torch.bool)
+    if keep.shape != (B, past + T):
+        raise ValueError(f"attention_mask must have shape (batch, cached + new) = {(B, past + T)}, "
+                         f"got {tuple(keep.shape)}")
+    positions = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # count real tokens only
+    causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
+    diagonal = torch.zeros(T, past + T, dtype=torch.bool, device=device)
+    diagonal[torch.arange(T), past + torch.arange(T)] = True       # a padding query sees itself: no empty row
+    mask = (causal & keep[:, None, None, :]) | diagonal
+    return positions, mask
+
+
+# ---- ch03_model/02_gpt.ipynb
+def _num_params(self: GPT, exclude_embeddings: bool = False) -> int:
+    """Parameters counted once (the tied head shares wte); optionally without the embedding tables."""
+    n = sum(p.numel() for p in self.parameters())
+    if exclude_embeddings:
+        n -= sum(m.weight.numel() for k, m in self.transformer.items() if k in ("wte", "wpe"))
+    return n
+
+
+def _new_cache(self: GPT) -> KVCache:
+    """An empty KV cache (section 3) sized for this model: every layer, block_size positions."""
+    c = self.config
+    return KVCache(c.n_layer, c.n_head, c.head_dim, c.block_size)
+
+
+GPT.num_params = _num_params   # methods, added here so that the class above shows only the model
+GPT.new_cache = _new_cache

@@ -1,5 +1,6 @@
 """Tests for shared/model.py (chapter 3, notebook 02): config checks, parameter count, causality, attention
 backends, activation checkpointing, the KV cache, padding, and that the model can learn real text."""
+import dataclasses
 import itertools
 import math
 
@@ -47,11 +48,14 @@ def test_invalid_configs_raise_clear_errors(kwargs, message):
         GPTConfig(**kwargs)
 
 
-def test_config_is_checked_again_when_the_model_is_built():
+def test_a_checked_config_cannot_be_changed_into_an_unchecked_one():
+    """GPT takes its config as valid because the config is frozen; a changed copy is checked again."""
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=10, block_size=4)
-    cfg.n_head = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_head = 3
     with pytest.raises(ValueError, match="not divisible"):
-        GPT(cfg)
+        dataclasses.replace(cfg, n_head=3)
+    assert dataclasses.replace(cfg, n_head=4).head_dim == 2
 
 
 def test_presets():
@@ -147,8 +151,10 @@ def test_block_size_is_enforced():
     with pytest.raises(ValueError, match="30 cached \\+ 3 new"):
         model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
     assert cache.length == 30  # a refused step leaves the cache as it was
-    with pytest.raises(ValueError, match="KV cache overflow"):
-        cache.update(0, torch.zeros(1, 4, 3, 8), torch.zeros(1, 4, 3, 8))
+    model(torch.zeros(1, 2, dtype=torch.long), cache=cache)    # exactly block_size tokens: allowed
+    assert cache.length == 32
+    with pytest.raises(AssertionError):   # the cache only asserts the invariant the model checked
+        cache.update(0, torch.zeros(1, 4, 1, 8), torch.zeros(1, 4, 1, 8))
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
