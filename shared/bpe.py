@@ -140,27 +140,23 @@ def train_merges(chunk_counts: dict[bytes, int], num_merges: int, progress: bool
 
 # ---- ch02_data/04_bpe_tokenizer.ipynb
 class BPETokenizer:
-    """Byte-level BPE: regex pre-tokenisation, ordered merges, special tokens (tiktoken-compatible semantics)."""
+    """Byte-level BPE: regex pre-tokenisation, ordered merges, special tokens (tiktoken-compatible semantics).
+
+    The core is this class: the vocabulary built from the merges, encoding by replaying them, decoding by joining
+    bytes. The next cells add `encode` (special tokens), `train`, `truncated`, `vocab_size` and the constructor's
+    checks; sections 4.8-4.10 add files (`save`, `load`) and tiktoken interop (`from_tiktoken_ranks`,
+    `to_tiktoken`)."""
 
     def __init__(self, merges: Iterable[tuple[int, int]], *, special_tokens: dict[str, int] | Iterable[str] = (),
                  pattern: str = GPT2_SPLIT_PATTERN, base: bytes | None = None, name: str = "bpe"):
         self.name, self.pattern = name, pattern
         self.merges = [(int(a), int(b)) for a, b in merges]
         self.base = bytes(range(256)) if base is None else bytes(base)      # base[i] = the byte of token id i < 256
-        if sorted(self.base) != list(range(256)):
-            raise ValueError("base must hold each of the 256 byte values exactly once")
+        _check_merges(self.base, self.merges)
         self.vocab: list[bytes] = [bytes([b]) for b in self.base]           # id -> bytes (specials excluded)
-        for i, (a, b) in enumerate(self.merges):
-            if not (0 <= a < 256 + i and 0 <= b < 256 + i):
-                raise ValueError(f"merge {i} ({a}, {b}) refers to a token that does not exist yet")
+        for a, b in self.merges:                                            # merge i creates token 256 + i
             self.vocab.append(self.vocab[a] + self.vocab[b])
-        n = len(self.vocab)
-        if not isinstance(special_tokens, dict):                            # a list of names: ids follow the merges
-            special_tokens = {s: n + i for i, s in enumerate(dict.fromkeys(special_tokens))}
-        self.special_tokens = dict(special_tokens)
-        ids = sorted(self.special_tokens.values())
-        if len(set(ids)) != len(ids) or (ids and ids[0] < n):
-            raise ValueError(f"special token ids must be distinct and >= {n} (the number of ordinary tokens)")
+        self.special_tokens = _special_token_ids(special_tokens, len(self.vocab))
         self._ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}  # pair -> new id; lower = learned first
         self._byte_to_id = [0] * 256
         for i, b in enumerate(self.base):
@@ -169,23 +165,6 @@ class BPETokenizer:
         self._id_to_special = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
         self._cache: dict[str, list[int]] = {}
 
-    # ------------------------------------------------------------------ basics
-    @property
-    def vocab_size(self) -> int:
-        return max([len(self.vocab) - 1, *self.special_tokens.values()]) + 1
-
-    def __repr__(self) -> str:
-        return (f"BPETokenizer(name={self.name!r}, vocab_size={self.vocab_size:,}, merges={len(self.merges):,}, "
-                f"special_tokens={self.special_tokens})")
-
-    def truncated(self, num_merges: int) -> "BPETokenizer":
-        """The tokenizer that stopped after its first num_merges merges (BPE's merges are a prefix-closed list)."""
-        if not 0 <= num_merges <= len(self.merges):
-            raise ValueError(f"num_merges must be in [0, {len(self.merges)}], got {num_merges}")
-        return BPETokenizer(self.merges[:num_merges], special_tokens=list(self.special_tokens), pattern=self.pattern,
-                            base=self.base, name=f"{self.name}[:{num_merges}]")
-
-    # ------------------------------------------------------------------ encoding
     def _encode_chunk(self, data: bytes) -> list[int]:
         ids = [self._byte_to_id[b] for b in data]
         ranks = self._ranks
@@ -212,38 +191,6 @@ class BPETokenizer:
             return self.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
         return out
 
-    def encode(self, text: str, *, allowed_special: str | Iterable[str] = frozenset(),
-               disallowed_special: str | Iterable[str] = "all") -> list[int]:
-        """Encode text like tiktoken's Encoding.encode: special tokens only where allowed, an error where disallowed."""
-        specials = set(self.special_tokens)
-        allowed = specials if allowed_special == "all" else set(allowed_special)
-        if allowed - specials:
-            raise ValueError(f"unknown special tokens in allowed_special: {sorted(allowed - specials)}")
-        disallowed = specials - allowed if disallowed_special == "all" else set(disallowed_special)
-        for token in sorted(disallowed, key=len, reverse=True):
-            if token in text:
-                raise ValueError(
-                    f"text contains the special token {token!r}. Pass allowed_special={{{token!r}}} to encode it as "
-                    f"the special token, or disallowed_special=() to encode it as ordinary text.")
-        if not allowed:
-            return self.encode_ordinary(text)
-        splitter = "(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")"
-        out: list[int] = []
-        for i, part in enumerate(regex.split(splitter, text)):
-            if i % 2:                       # odd parts are the captured special tokens
-                out.append(self.special_tokens[part])
-            elif part:
-                out.extend(self.encode_ordinary(part))
-        return out
-
-    def encode_bytes(self, data: bytes) -> list[int]:
-        """Encode arbitrary bytes (not necessarily UTF-8): invalid bytes pass through as surrogate escapes."""
-        out: list[int] = []
-        for chunk in self._pat.findall(data.decode("utf-8", "surrogateescape")):
-            out.extend(self._encode_chunk(chunk.encode("utf-8", "surrogateescape")))
-        return out
-
-    # ------------------------------------------------------------------ decoding
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         vocab, specials, n = self.vocab, self._id_to_special, len(self.vocab)
         ids = list(ids)
@@ -257,42 +204,99 @@ class BPETokenizer:
         """Token ids -> text. A cut in the middle of a UTF-8 character decodes to U+FFFD (errors="replace")."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
-    # ------------------------------------------------------------------ training
-    @classmethod
-    def train(cls, texts: str | Iterable[str], vocab_size: int, *, special_tokens: Iterable[str] = (ENDOFTEXT,),
-              pattern: str = GPT2_SPLIT_PATTERN, naive: bool = False, name: str = "bpe",
-              progress: bool = False) -> "BPETokenizer":
-        """Learn merges until 256 bytes + merges + special tokens = vocab_size (fewer if the corpus runs out)."""
-        special_tokens = list(dict.fromkeys(special_tokens))
-        num_merges = vocab_size - 256 - len(special_tokens)
-        if num_merges < 0:
-            raise ValueError(f"vocab_size must be at least 256 + {len(special_tokens)} special tokens, "
-                             f"got {vocab_size}")
-        chunk_counts = count_chunks(texts, pattern, special_tokens)
-        merges = (train_merges_naive(chunk_counts, num_merges) if naive
-                  else train_merges(chunk_counts, num_merges, progress=progress))
-        return cls(merges, special_tokens=special_tokens, pattern=pattern, name=name)
 
-    # ------------------------------------------------------------------ interoperability and files
-    @classmethod
-    def from_tiktoken_ranks(cls, ranks: dict[bytes, int], *, special_tokens: dict[str, int] | None = None,
-                            pattern: str = GPT2_SPLIT_PATTERN, name: str = "bpe") -> "BPETokenizer":
-        """Recover ordered merges from tiktoken-style ranks (token bytes -> id), e.g. GPT-2's 50,256 ranks
-        (section 4.9: `_from_tiktoken_ranks`)."""
-        return _from_tiktoken_ranks(cls, ranks, special_tokens=special_tokens, pattern=pattern, name=name)
+# ---- ch02_data/04_bpe_tokenizer.ipynb
+def _encode(self: BPETokenizer, text: str, *, allowed_special: str | Iterable[str] = frozenset(),
+            disallowed_special: str | Iterable[str] = "all") -> list[int]:
+    """Encode text like tiktoken's Encoding.encode: special tokens only where allowed, an error where disallowed."""
+    specials = set(self.special_tokens)
+    allowed = specials if allowed_special == "all" else set(allowed_special)
+    if allowed - specials:
+        raise ValueError(f"unknown special tokens in allowed_special: {sorted(allowed - specials)}")
+    disallowed = specials - allowed if disallowed_special == "all" else set(disallowed_special)
+    for token in sorted(disallowed, key=len, reverse=True):
+        if token in text:
+            raise ValueError(
+                f"text contains the special token {token!r}. Pass allowed_special={{{token!r}}} to encode it as "
+                f"the special token, or disallowed_special=() to encode it as ordinary text.")
+    if not allowed:
+        return self.encode_ordinary(text)
+    splitter = "(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")"
+    out: list[int] = []
+    for i, part in enumerate(regex.split(splitter, text)):
+        if i % 2:                       # odd parts are the captured special tokens
+            out.append(self.special_tokens[part])
+        elif part:
+            out.extend(self.encode_ordinary(part))
+    return out
 
-    def to_tiktoken(self, name: str | None = None):
-        """The same tokenizer as a fast `tiktoken.Encoding` (section 4.10: `_to_tiktoken`)."""
-        return _to_tiktoken(self, name)
 
-    def save(self, path: str | Path) -> Path:
-        """Write a versioned JSON file (merges as byte lists, a checksum), atomically (section 4.8: `_save`)."""
-        return _save(self, path)
+def _encode_bytes(self: BPETokenizer, data: bytes) -> list[int]:
+    """Encode arbitrary bytes (not necessarily UTF-8): invalid bytes pass through as surrogate escapes."""
+    out: list[int] = []
+    for chunk in self._pat.findall(data.decode("utf-8", "surrogateescape")):
+        out.extend(self._encode_chunk(chunk.encode("utf-8", "surrogateescape")))
+    return out
 
-    @classmethod
-    def load(cls, path: str | Path) -> "BPETokenizer":
-        """Read a file written by `save`; anything else raises TokenizerFileError (section 4.8: `_load`)."""
-        return _load(cls, path)
+
+BPETokenizer.encode, BPETokenizer.encode_bytes = _encode, _encode_bytes
+
+
+# ---- ch02_data/04_bpe_tokenizer.ipynb
+def _train(cls: type[BPETokenizer], texts: str | Iterable[str], vocab_size: int, *,
+           special_tokens: Iterable[str] = (ENDOFTEXT,), pattern: str = GPT2_SPLIT_PATTERN, naive: bool = False,
+           name: str = "bpe", progress: bool = False) -> BPETokenizer:
+    """Learn merges until 256 bytes + merges + special tokens = vocab_size (fewer if the corpus runs out)."""
+    special_tokens = list(dict.fromkeys(special_tokens))
+    num_merges = vocab_size - 256 - len(special_tokens)
+    if num_merges < 0:
+        raise ValueError(f"vocab_size must be at least 256 + {len(special_tokens)} special tokens, got {vocab_size}")
+    chunk_counts = count_chunks(texts, pattern, special_tokens)
+    merges = (train_merges_naive(chunk_counts, num_merges) if naive
+              else train_merges(chunk_counts, num_merges, progress=progress))
+    return cls(merges, special_tokens=special_tokens, pattern=pattern, name=name)
+
+
+def _truncated(self: BPETokenizer, num_merges: int) -> BPETokenizer:
+    """The tokenizer that stopped after its first num_merges merges (BPE's merges are a prefix-closed list)."""
+    if not 0 <= num_merges <= len(self.merges):
+        raise ValueError(f"num_merges must be in [0, {len(self.merges)}], got {num_merges}")
+    return BPETokenizer(self.merges[:num_merges], special_tokens=list(self.special_tokens), pattern=self.pattern,
+                        base=self.base, name=f"{self.name}[:{num_merges}]")
+
+
+def _vocab_size(self: BPETokenizer) -> int:
+    return max([len(self.vocab) - 1, *self.special_tokens.values()]) + 1
+
+
+def _repr(self: BPETokenizer) -> str:
+    return (f"BPETokenizer(name={self.name!r}, vocab_size={self.vocab_size:,}, merges={len(self.merges):,}, "
+            f"special_tokens={self.special_tokens})")
+
+
+BPETokenizer.train, BPETokenizer.truncated = classmethod(_train), _truncated
+BPETokenizer.vocab_size, BPETokenizer.__repr__ = property(_vocab_size), _repr
+
+
+# ---- ch02_data/04_bpe_tokenizer.ipynb
+def _check_merges(base: bytes, merges: list[tuple[int, int]]) -> None:
+    """The constructor's arguments, checked before the vocabulary is built from them."""
+    if sorted(base) != list(range(256)):
+        raise ValueError("base must hold each of the 256 byte values exactly once")
+    for i, (a, b) in enumerate(merges):
+        if not (0 <= a < 256 + i and 0 <= b < 256 + i):
+            raise ValueError(f"merge {i} ({a}, {b}) refers to a token that does not exist yet")
+
+
+def _special_token_ids(special_tokens: dict[str, int] | Iterable[str], n: int) -> dict[str, int]:
+    """Special token -> id. A dict is taken as given (GPT-2: <|endoftext|> = 50256); a list of names gets the ids
+    after the n ordinary tokens. Ids must be distinct and must not collide with an ordinary token."""
+    if not isinstance(special_tokens, dict):
+        special_tokens = {s: n + i for i, s in enumerate(dict.fromkeys(special_tokens))}
+    ids = sorted(special_tokens.values())
+    if len(set(ids)) != len(ids) or (ids and ids[0] < n):
+        raise ValueError(f"special token ids must be distinct and >= {n} (the number of ordinary tokens)")
+    return dict(special_tokens)
 
 
 # ---- ch02_data/04_bpe_tokenizer.ipynb
@@ -339,6 +343,9 @@ def _load(cls: type[BPETokenizer], path: str | Path) -> BPETokenizer:
                    name=data["name"])
     except (KeyError, TypeError, ValueError) as e:
         raise TokenizerFileError(f"{path}: invalid {FILE_FORMAT} content ({type(e).__name__}: {e})") from None
+
+
+BPETokenizer.save, BPETokenizer.load = _save, classmethod(_load)
 
 
 def _known_foreign_file(path: Path) -> str | None:
@@ -401,6 +408,9 @@ def _from_tiktoken_ranks(cls: type[BPETokenizer], ranks: dict[bytes, int], *,
     return cls(merges, special_tokens=special_tokens or {}, pattern=pattern, base=base, name=name)
 
 
+BPETokenizer.from_tiktoken_ranks = classmethod(_from_tiktoken_ranks)
+
+
 def gpt2_tokenizer() -> BPETokenizer:
     """GPT-2's tokenizer rebuilt from its ranks (registry source "gpt2_bpe") with our code."""
     from shared.registry import load
@@ -419,6 +429,9 @@ def _to_tiktoken(tokenizer: BPETokenizer, name: str | None = None):
         raise ValueError("two merges produce the same bytes; tiktoken needs every token's bytes to be unique")
     return tiktoken.Encoding(name or tokenizer.name, pat_str=tokenizer.pattern, mergeable_ranks=ranks,
                              special_tokens=tokenizer.special_tokens)
+
+
+BPETokenizer.to_tiktoken = _to_tiktoken
 
 
 def get_encoding(spec: str | Path):
