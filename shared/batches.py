@@ -142,22 +142,8 @@ def write_token_shards(folder: str | Path, split: str, texts: Sequence[str],
         raise ValueError(f"split {split!r} has no documents")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    metas: list[dict] = []                                   # 1. keep the complete leading shards of this run
-    while True:
-        path = folder / shard_name(split, len(metas))
-        try:
-            meta = read_shard_meta(path)
-        except (ShardError, KeyError, ValueError):
-            break
-        if meta.get("fingerprint") != fingerprint or meta.get("index") != len(metas):
-            break
-        metas.append(meta)
-    for stale in [*folder.glob(f"{split}_*"), *folder.glob(f".{split}_*")]:   # 2. anything after them is stale
-        name = stale.name[1:] if is_temporary(stale) else stale.name         # (.bin, .json, an atomic write's
-        index = name[len(split) + 1:].split(".")[0]                           #  leftover temporary file)
-        if index.isdigit() and int(index) >= len(metas):
-            stale.unlink()
-    doc, offset = metas[-1]["end"] if metas else (0, 0)
+    metas = _complete_shards(folder, split, fingerprint)     # what an earlier run finished (next cell), kept
+    doc, offset = metas[-1]["end"] if metas else (0, 0)      # and where it ended: resume there
     if doc >= len(texts):
         return metas
     bar = None
@@ -175,7 +161,7 @@ def write_token_shards(folder: str | Path, split: str, texts: Sequence[str],
         metas.append(meta)
         filled = 0
 
-    for start in range(doc, len(texts), batch_docs):         # 3. tokenise from the resume point on
+    for start in range(doc, len(texts), batch_docs):         # tokenise from the resume point on
         batch = list(range(start, min(start + batch_docs, len(texts))))
         for j, ids in zip(batch, encode_batch([texts[j] for j in batch])):
             tokens = np.asarray([eot] + list(ids), dtype=np.int64)
@@ -192,6 +178,28 @@ def write_token_shards(folder: str | Path, split: str, texts: Sequence[str],
         flush((len(texts), 0))
     if bar is not None:
         bar.close()
+    return metas
+
+
+# ---- ch02_data/06_batches.ipynb
+def _complete_shards(folder: Path, split: str, fingerprint: str) -> list[dict]:
+    """The sidecars of the leading shards of `split` that an earlier run of the same dataset (same fingerprint)
+    completed. Every later file of the split is stale and deleted: .bin, .json, an atomic write's temporary file."""
+    metas: list[dict] = []
+    while True:
+        path = folder / shard_name(split, len(metas))
+        try:
+            meta = read_shard_meta(path)
+        except (ShardError, KeyError, ValueError):
+            break
+        if meta.get("fingerprint") != fingerprint or meta.get("index") != len(metas):
+            break
+        metas.append(meta)
+    for stale in [*folder.glob(f"{split}_*"), *folder.glob(f".{split}_*")]:
+        name = stale.name[1:] if is_temporary(stale) else stale.name
+        index = name[len(split) + 1:].split(".")[0]
+        if index.isdigit() and int(index) >= len(metas):
+            stale.unlink()
     return metas
 
 
