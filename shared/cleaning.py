@@ -267,6 +267,7 @@ def transform(name: str, fn: Callable[[str], str]) -> Step:
     return Step(name, "transform", fn)
 
 
+# ---- ch02_data/02_cleaning.ipynb
 @dataclass
 class StepReport:
     name: str

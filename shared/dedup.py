@@ -312,6 +312,7 @@ def optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5, 
     return best
 
 
+# ---- ch02_data/03_dedup.ipynb
 class LSHIndex:
     '''MinHash LSH: b bands of r rows; documents whose rows agree on a whole band are candidate pairs.'''
 
