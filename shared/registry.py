@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in args.names:
         if name not in REGISTRY:
-            parser.error(str(UnknownSource(f"unknown source {name!r}")) + f"; registered: {', '.join(sorted(REGISTRY))}")
+            parser.error(f"unknown source {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     print(listing())
     if args.list:
         return 0
