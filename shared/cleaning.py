@@ -112,6 +112,7 @@ def duplicate_line_fraction(text: str) -> tuple[float, float]:
     return dup_lines / len(lines), dup_chars / sum(map(len, lines))
 
 
+# ---- ch02_data/02_cleaning.ipynb
 @functools.lru_cache(maxsize=256)
 def _word_arrays(text: str) -> tuple[np.ndarray, np.ndarray]:
     '''Each whitespace-separated word of the text as an integer id (equal words, equal ids: the position of the
@@ -218,6 +219,7 @@ PII_PATTERNS: dict[str, tuple[re.Pattern, Callable[[str], bool]]] = {
 }
 
 
+# ---- ch02_data/02_cleaning.ipynb
 def find_pii(text: str) -> list[tuple[str, str]]:
     '''(kind, text) for every e-mail address, IP address and phone number found, kinds EMAIL, IP, PHONE.'''
     return [(kind.replace("IPV4", "IP"), m.group()) for kind, (pattern, valid) in PII_PATTERNS.items()
