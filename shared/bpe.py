@@ -348,6 +348,7 @@ def _load(cls: type[BPETokenizer], path: str | Path) -> BPETokenizer:
 BPETokenizer.save, BPETokenizer.load = _save, classmethod(_load)
 
 
+# ---- ch02_data/04_bpe_tokenizer.ipynb
 def _known_foreign_file(path: Path) -> str | None:
     """A better message for files people mistake for ours: tiktoken ranks, Hugging Face tokenizers, binary files."""
     try:

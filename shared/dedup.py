@@ -148,6 +148,7 @@ def fmix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> _S33)
 
 
+# ---- ch02_data/03_dedup.ipynb
 class MinHasher:
     '''MinHash signatures (Broder, 1997) of many documents at once, vectorised with NumPy.
 
