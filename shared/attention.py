@@ -27,24 +27,6 @@ def causal_mask(T: int, device=None, kv_len: int | None = None) -> torch.Tensor:
 
 
 # ---- ch01_foundations/03_attention.ipynb
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.ndim < 2:
-            raise ValueError(f"{name} must be a tensor of shape (..., T, head_dim), got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if not q.dtype == k.dtype == v.dtype:
-        raise ValueError(f"q, k and v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share their last (head) dimension: q {tuple(q.shape)}, k {tuple(k.shape)}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v must have the same number of positions: k {tuple(k.shape)}, v {tuple(v.shape)}")
-    try:
-        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except RuntimeError:
-        raise ValueError(f"batch/head dimensions of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
-                         "do not broadcast") from None
-
-
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None,
                       is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
     """The attention matrix softmax(q k^T / sqrt(head_dim)) with masked entries at exactly 0: (..., Tq, Tk).
@@ -55,20 +37,9 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     Tq, Tk = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale                     # (..., Tq, Tk): one dot product per pair
-    keep = None
-    if is_causal:
-        if Tq > Tk:
-            raise ValueError(f"is_causal with more queries than keys (Tq={Tq} > Tk={Tk}): the first queries "
-                             "would see no key at all")
-        keep = causal_mask(Tq, device=q.device, kv_len=Tk)
+    _check_mask(mask, is_causal, scores.shape)                      # a clear error for a wrong mask (next cell)
+    keep = causal_mask(Tq, device=q.device, kv_len=Tk) if is_causal else None
     if mask is not None:
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be boolean (True = attend), got dtype {mask.dtype}")
-        try:
-            torch.broadcast_shapes(mask.shape, scores.shape)
-        except RuntimeError:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
-                             f"{tuple(scores.shape)} (..., Tq, Tk)") from None
         keep = mask if keep is None else keep & mask
     if keep is not None:
         scores = scores.masked_fill(~keep, float("-inf"))        # exp(-inf) = 0: no weight on masked keys
@@ -87,13 +58,48 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     usual j <= i; for Tq < Tk the queries are the last Tq positions, as in KV-cache decoding).
     Dropout on the attention weights is applied only when `training` is true.
     """
-    _check_qkv(q, k, v)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    _check_qkv(q, k, v, dropout_p)                                  # clear errors for wrong inputs (next cell)
     att = attention_weights(q, k, mask=mask, is_causal=is_causal, scale=scale)
     if training and dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     return att @ v
+
+
+# ---- ch01_foundations/03_attention.ipynb
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim < 2:
+            raise ValueError(f"{name} must be a tensor of shape (..., T, head_dim), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k and v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share their last (head) dimension: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must have the same number of positions: k {tuple(k.shape)}, v {tuple(v.shape)}")
+    try:
+        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"batch/head dimensions of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
+                         "do not broadcast") from None
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def _check_mask(mask: torch.Tensor | None, is_causal: bool, scores_shape: torch.Size) -> None:
+    Tq, Tk = scores_shape[-2:]
+    if is_causal and Tq > Tk:
+        raise ValueError(f"is_causal with more queries than keys (Tq={Tq} > Tk={Tk}): the first queries "
+                         "would see no key at all")
+    if mask is None:
+        return
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be boolean (True = attend), got dtype {mask.dtype}")
+    try:
+        torch.broadcast_shapes(mask.shape, scores_shape)
+    except RuntimeError:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
+                         f"{tuple(scores_shape)} (..., Tq, Tk)") from None
 
 
 # ---- ch01_foundations/03_attention.ipynb

@@ -85,14 +85,7 @@ def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, *, temperature:
     cached key then sits at a wrong position, so the cache is rebuilt from that window.
     The model is put in eval mode (no dropout) while generating and restored afterwards.
     """
-    if idx.dim() != 2 or idx.dtype != torch.long or idx.size(1) == 0:
-        raise ValueError(f"idx must be a non-empty (batch, time) LongTensor of prompt ids, got {idx.dtype} "
-                         f"{tuple(idx.shape)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if attention_mask is not None and attention_mask.shape != idx.shape:
-        raise ValueError(f"attention_mask must have the prompt's shape {tuple(idx.shape)}, "
-                         f"got {tuple(attention_mask.shape)}")
+    _check_prompt(idx, max_new_tokens, attention_mask)       # one clear error for a bad argument (next cell)
     stops = sorted({int(t) for t in stop_tokens})
     pad = pad_id if pad_id is not None else (stops[0] if stops else 0)
     stop_ids = torch.tensor(stops, dtype=torch.long, device=idx.device)
@@ -134,6 +127,17 @@ def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, *, temperature:
 
 
 # ---- ch03_model/04_generation.ipynb
+def _check_prompt(idx: torch.Tensor, max_new_tokens: int, attention_mask: torch.Tensor | None) -> None:
+    if idx.dim() != 2 or idx.dtype != torch.long or idx.size(1) == 0:
+        raise ValueError(f"idx must be a non-empty (batch, time) LongTensor of prompt ids, got {idx.dtype} "
+                         f"{tuple(idx.shape)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if attention_mask is not None and attention_mask.shape != idx.shape:
+        raise ValueError(f"attention_mask must have the prompt's shape {tuple(idx.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
+
+
 def generate(model, idx: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
     """The prompt followed by the generated tokens, (B, T + n) with n <= max_new_tokens (fewer when every row hit a
     stop token). Options as for stream_tokens: temperature, top_k, top_p, stop_tokens, pad_id, attention_mask,

@@ -130,6 +130,26 @@ def korthikanti_bytes_per_layer(seq_len: int, batch: int, n_embd: int, n_head: i
     return s * b * h * 34 + 5 * a * s * s * b
 
 
+# ---- ch03_model/03_memory.ipynb
+@dataclass(frozen=True)
+class ForwardConfig:
+    """One way to run the training forward pass: attention kernel, activation checkpointing, bf16 autocast."""
+    name: str
+    attn: str = "sdpa"          # "sdpa" (fused kernels) or "naive" (materialises the attention matrix)
+    checkpoint: bool = False    # recompute each block in the backward pass (torch.utils.checkpoint)
+    bf16: bool = False          # run the forward pass under torch.autocast(dtype=torch.bfloat16)
+
+
+FORWARD_CONFIGS: dict[str, ForwardConfig] = {c.name: c for c in (
+    ForwardConfig("naive", attn="naive"),
+    ForwardConfig("sdpa"),
+    ForwardConfig("sdpa+bf16", bf16=True),
+    ForwardConfig("sdpa+checkpoint", checkpoint=True),
+    ForwardConfig("sdpa+checkpoint+bf16", checkpoint=True, bf16=True),
+)}
+
+
+# ---- ch03_model/03_memory.ipynb
 def model_activation_bytes(config: GPTConfig, seq_len: int, batch: int = 1, *, autocast: bool = False,
                            small_terms: bool = False) -> int:
     """Analytic bytes saved by a training forward pass of GPT(config) with a loss, for our setting: fp32 weights,
@@ -153,30 +173,7 @@ def model_activation_bytes(config: GPTConfig, seq_len: int, batch: int = 1, *, a
     return config.n_layer * per_layer + head
 
 
-def kv_cache_bytes(config: GPTConfig, seq_len: int, batch: int = 1, bytes_per_value: int = 4) -> int:
-    """Keys and values of every layer for seq_len tokens: 2 * n_layer * batch * seq_len * n_embd values."""
-    return 2 * config.n_layer * batch * seq_len * config.n_embd * bytes_per_value
-
-
 # ---- ch03_model/03_memory.ipynb
-@dataclass(frozen=True)
-class ForwardConfig:
-    """One way to run the training forward pass: attention kernel, activation checkpointing, bf16 autocast."""
-    name: str
-    attn: str = "sdpa"          # "sdpa" (fused kernels) or "naive" (materialises the attention matrix)
-    checkpoint: bool = False    # recompute each block in the backward pass (torch.utils.checkpoint)
-    bf16: bool = False          # run the forward pass under torch.autocast(dtype=torch.bfloat16)
-
-
-FORWARD_CONFIGS: dict[str, ForwardConfig] = {c.name: c for c in (
-    ForwardConfig("naive", attn="naive"),
-    ForwardConfig("sdpa"),
-    ForwardConfig("sdpa+bf16", bf16=True),
-    ForwardConfig("sdpa+checkpoint", checkpoint=True),
-    ForwardConfig("sdpa+checkpoint+bf16", checkpoint=True, bf16=True),
-)}
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -261,3 +258,9 @@ def results_table(results: list[dict], columns: tuple[str, ...] = ("saved_bytes"
     fmt = lambda line: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                                  for i, (cell, w) in enumerate(zip(line, widths)))
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in rows])
+
+
+# ---- ch03_model/03_memory.ipynb
+def kv_cache_bytes(config: GPTConfig, seq_len: int, batch: int = 1, bytes_per_value: int = 4) -> int:
+    """Keys and values of every layer for seq_len tokens: 2 * n_layer * batch * seq_len * n_embd values."""
+    return 2 * config.n_layer * batch * seq_len * config.n_embd * bytes_per_value
