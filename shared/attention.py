@@ -37,7 +37,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     Tq, Tk = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale                     # (..., Tq, Tk): one dot product per pair
-    _check_mask(mask, is_causal, scores.shape)                      # a clear error for a wrong mask (next cell)
+    _check_mask(mask, is_causal, scores.shape)                      # a clear error for a wrong mask (below)
     keep = causal_mask(Tq, device=q.device, kv_len=Tk) if is_causal else None
     if mask is not None:
         keep = mask if keep is None else keep & mask
@@ -58,7 +58,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     usual j <= i; for Tq < Tk the queries are the last Tq positions, as in KV-cache decoding).
     Dropout on the attention weights is applied only when `training` is true.
     """
-    _check_qkv(q, k, v, dropout_p)                                  # clear errors for wrong inputs (next cell)
+    _check_qkv(q, k, v, dropout_p)                                  # clear errors for wrong inputs (below)
     att = attention_weights(q, k, mask=mask, is_causal=is_causal, scale=scale)
     if training and dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)

@@ -85,7 +85,7 @@ def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, *, temperature:
     cached key then sits at a wrong position, so the cache is rebuilt from that window.
     The model is put in eval mode (no dropout) while generating and restored afterwards.
     """
-    _check_prompt(idx, max_new_tokens, attention_mask)       # one clear error for a bad argument (next cell)
+    _check_prompt(idx, max_new_tokens, attention_mask)       # one clear error for a bad argument (below)
     stops = sorted({int(t) for t in stop_tokens})
     pad = pad_id if pad_id is not None else (stops[0] if stops else 0)
     stop_ids = torch.tensor(stops, dtype=torch.long, device=idx.device)

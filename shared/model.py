@@ -22,7 +22,7 @@ POSITIONS = ("learned", "rope")
 # ---- ch03_model/02_gpt.ipynb
 @dataclass(frozen=True)
 class GPTConfig:
-    """Every size and switch of the model, checked once, when the config is built (`validate`, next cell).
+    """Every size and switch of the model, checked once, when the config is built (`validate`, below).
 
     Frozen: a checked config cannot be changed into an unchecked one, so `GPT` takes it as valid and never checks
     it again. To change a field, build a new config: `dataclasses.replace(config, n_layer=6)` or `from_preset`.
@@ -216,7 +216,7 @@ class GPT(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy against targets or None).
 
-        cache, attention_mask and last_only serve generation: see `_positions_and_mask` (next cell).
+        cache, attention_mask and last_only serve generation: see `_positions_and_mask` (below).
         """
         c = self.config
         past = _check_inputs(idx, targets, cache, last_only, c.block_size)   # tokens already in the cache
