@@ -119,9 +119,10 @@ def held_out_file(path: str, test_percent: int = 10) -> bool:
     return int(hashlib.sha256(path.encode("utf-8")).hexdigest(), 16) % 100 < test_percent
 
 
-def split_by_file(examples: list[Example], test_percent: int = 10) -> tuple[list[Example], list[Example]]:
-    """(train, test): all of a file's functions go to the same side (held_out_file of its path)."""
-    test = [held_out_file(e.source.split("::")[0], test_percent) for e in examples]
+def split_by_file(examples: list[Example], held_out=held_out_file) -> tuple[list[Example], list[Example]]:
+    """(train, test): all of a file's functions go to the same side, the test side when held_out(path) is true
+    (by default a hash of the path, held_out_file; notebook 08 passes the files its base model never read)."""
+    test = [held_out(e.source.split("::")[0]) for e in examples]
     return [e for e, t in zip(examples, test) if not t], [e for e, t in zip(examples, test) if t]
 
 
@@ -390,17 +391,20 @@ def prompt_ids(tokenizer, instruction: str, input: str = "") -> list[int]:
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, examples: list[Example], max_new_tokens: int = 128,
-                       batch_size: int = 16, **sampling) -> list[str]:
-    """A response to each example's instruction (greedy unless sampling options say otherwise), cut at
-    <|endoftext|>. Prompts longer than the context keep their last tokens."""
+                       batch_size: int = 16, **sampling) -> tuple[list[str], list[bool]]:
+    """A response to each example's instruction, cut at <|endoftext|>, and whether the model ended it there (True)
+    or ran into max_new_tokens. Greedy unless sampling options (chapter 3's temperature, top_k, top_p and a
+    generator) say otherwise. Prompts longer than the context keep their last tokens."""
     end = special_tokens(tokenizer)[END]
     keep = model.config.block_size - max_new_tokens
-    out = []
+    sampling = {"temperature": 0.0, **sampling}
+    texts, stopped = [], []
     for start in range(0, len(examples), batch_size):
         prompts = [prompt_ids(tokenizer, e.instruction, e.input)[-keep:] for e in examples[start:start + batch_size]]
         for new in generate_batch(model, prompts, max_new_tokens, stop_tokens=[end], **sampling):
-            out.append(tokenizer.decode([t for t in new if t != end]))
-    return out
+            stopped.append(end in new)
+            texts.append(tokenizer.decode([t for t in new if t != end]))
+    return texts, stopped
 
 
 # ---- ch05_evaluation/08_instruction_tuning.ipynb

@@ -14,8 +14,9 @@ from shared.model import GPT, GPTConfig
 from shared.registry import load
 from shared.sft import (END, INPUT, INSTRUCTION, RESPONSE, SFT_TOKENS, Example, add_special_tokens, check_sampling,
                         decode_example, docstring_pairs, encode_example, exact_match, extend_tokenizer, finetune,
-                        format_example, generate_responses, lcs_length, pack, pad_batch, parse_example, prompt_ids,
-                        resize_vocabulary, response_loss, rouge_l, special_tokens, split_by_file, stream_reply)
+                        format_example, generate_responses, held_out_file, lcs_length, pack, pad_batch, parse_example,
+                        prompt_ids, resize_vocabulary, response_loss, rouge_l, special_tokens, split_by_file,
+                        stream_reply)
 from shared.training import IGNORE_INDEX
 
 
@@ -231,9 +232,11 @@ def test_docstring_pairs_follow_the_recipe_and_the_split_keeps_files_apart(real_
         assert e.response.startswith(("def ", "async def ")) and '"""' not in e.response.splitlines()[1]
         assert not e.source.split("::")[1].startswith("_")
     assert len({e.instruction for e in real_pairs}) == len(real_pairs)
-    train, test = split_by_file(real_pairs, test_percent=50)
+    train, test = split_by_file(real_pairs, held_out=lambda path: held_out_file(path, test_percent=50))
     assert train and test
     assert not {e.source.split("::")[0] for e in train} & {e.source.split("::")[0] for e in test}
+    train, test = split_by_file(real_pairs, held_out=lambda path: path == "shlex.py")     # a chosen set of files
+    assert {e.source.split("::")[0] for e in test} == {"shlex.py"} and len(train) + len(test) == len(real_pairs)
 
 
 # ---------------------------------------------------------------- training and generation
@@ -247,8 +250,10 @@ def test_a_tiny_model_learns_a_few_real_pairs_by_heart(real_pairs, tokenizer):
     losses = finetune(model, x, y, steps=150, batch_size=4, lr=1e-2, warmup_steps=5, progress=False)
     after = response_loss(model, x, y)
     assert before > 5 and after < 0.05 and losses[-1] < 0.05
-    answers = generate_responses(model, tokenizer, few, max_new_tokens=60)
-    assert answers == [e.response for e in few]                          # greedy decoding writes them back
+    answers, stopped = generate_responses(model, tokenizer, few, max_new_tokens=60)
+    assert answers == [e.response for e in few] and all(stopped)        # greedy decoding writes them back, and ends
+    cut, stopped = generate_responses(model, tokenizer, few, max_new_tokens=2)
+    assert not any(stopped) and all(e.response.startswith(c) for c, e in zip(cut, few))   # the token limit, not <|endoftext|>
 
 
 def test_finetune_with_nothing_trainable_is_an_error(tokenizer):
