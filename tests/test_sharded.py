@@ -13,6 +13,7 @@ import torch
 from shared.model import GPT, GPTConfig, num_parameters
 from shared.parallel import sharded
 from shared.parallel.runtime import run_torchrun_json
+from shared.training import parameter_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "ch04_distributed" / "fsdp_demo.py"
@@ -50,13 +51,13 @@ def test_fsdp_training_equals_single_process(runs, run):
 @pytest.mark.parametrize("run", ["straight", "four"])
 def test_measured_memory_per_rank_equals_the_calculator(runs, run):
     r = runs[1][run]
-    n = r["world_size"]
+    p = r["world_size"]
     assert r["num_params"] == num_parameters(SMALL)
-    expected = sharded.model_state_bytes(SMALL, "zero3", n, precision="fp32")
-    ddp = sharded.model_state_bytes(SMALL, "ddp", n, precision="fp32")
+    expected = sharded.model_state_bytes(SMALL, "zero3", p, precision="fp32")
+    ddp = sharded.model_state_bytes(SMALL, "ddp", p, precision="fp32")
     for measured in r["memory_per_rank"]:
         assert measured == expected
-        assert {k: v * n for k, v in measured.items()} == ddp        # exactly 1/N of a full copy
+        assert {k: v * p for k, v in measured.items()} == ddp        # exactly 1/p of a full copy
 
 
 @pytest.mark.parametrize("run", ["straight", "four"])
@@ -100,34 +101,34 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path):
 # ---------------------------------------------------------------- the calculator, by hand
 
 GPT2 = GPTConfig.from_preset("gpt2")
-PSI = 124_439_808
+N_GPT2 = 124_439_808
 
 
 def test_sixteen_bytes_per_parameter_by_hand():
-    assert num_parameters(GPT2) == PSI
+    assert num_parameters(GPT2) == N_GPT2
     ddp = sharded.model_state_bytes(GPT2, "ddp", 8)
-    assert ddp == {"weights": 2 * PSI, "gradients": 2 * PSI, "optimizer": 12 * PSI}
+    assert ddp == {"weights": 2 * N_GPT2, "gradients": 2 * N_GPT2, "optimizer": 12 * N_GPT2}
     assert sum(ddp.values()) == 1_991_036_928                            # 16 x 124,439,808
-    assert sum(sharded.model_state_bytes(GPT2, "ddp", 8, precision="fp32").values()) == 16 * PSI
+    assert sum(sharded.model_state_bytes(GPT2, "ddp", 8, precision="fp32").values()) == 16 * N_GPT2
 
 
-@pytest.mark.parametrize("n", [1, 2, 4, 8])
-def test_zero_stages_divide_what_they_should(n):
-    s = {k: sharded.model_state_bytes(GPT2, k, n) for k in ("ddp", "zero1", "zero2", "zero3")}
-    shard = math.ceil(PSI / n)
-    assert s["zero1"] == {"weights": 2 * PSI, "gradients": 2 * PSI, "optimizer": 12 * shard}
-    assert s["zero2"] == {"weights": 2 * PSI, "gradients": 2 * shard, "optimizer": 12 * shard}
+@pytest.mark.parametrize("p", [1, 2, 4, 8])
+def test_zero_stages_divide_what_they_should(p):
+    s = {k: sharded.model_state_bytes(GPT2, k, p) for k in ("ddp", "zero1", "zero2", "zero3")}
+    shard = math.ceil(N_GPT2 / p)
+    assert s["zero1"] == {"weights": 2 * N_GPT2, "gradients": 2 * N_GPT2, "optimizer": 12 * shard}
+    assert s["zero2"] == {"weights": 2 * N_GPT2, "gradients": 2 * shard, "optimizer": 12 * shard}
     assert s["zero3"] == {"weights": 2 * shard, "gradients": 2 * shard, "optimizer": 12 * shard}
-    if n == 1:
+    if p == 1:
         assert s["zero1"] == s["zero2"] == s["zero3"] == s["ddp"]
-    if n == 8:
-        assert sum(s["zero3"].values()) == 248_879_616                   # 16 x PSI / 8
+    if p == 8:
+        assert sum(s["zero3"].values()) == 248_879_616                   # 16 x N_GPT2 / 8
 
 
 def test_tensor_parallel_and_activation_figures_by_hand():
     split = 12 * (12 * 768 * 768 + 7 * 768)                              # 84,999,168
     assert sharded.tensor_parallel_split_parameters(GPT2) == split == 84_999_168
-    assert sum(sharded.model_state_bytes(GPT2, "tp", 4).values()) == 16 * (PSI - split + split // 4)
+    assert sum(sharded.model_state_bytes(GPT2, "tp", 4).values()) == 16 * (N_GPT2 - split + split // 4)
     s, b, h, a, L = 1024, 8, 768, 12, 12
     per_layer_dp = s * b * h * 34 + 5 * a * s * s * b                     # Korthikanti: sbh(34 + 5as/h)
     assert sharded.activation_bytes(GPT2, "zero3", 8, b, s) == L * per_layer_dp
@@ -140,7 +141,7 @@ def test_tensor_parallel_and_activation_figures_by_hand():
 def test_fsdp_byte_formula_by_hand():
     blocks = 12 * (12 * 768 * 768 + 13 * 768)                            # the blocks' weights, biases and norms
     assert sharded.fsdp_bytes_per_step(GPT2, 8, bytes_per_value=2) == {
-        "all_gather": (PSI + blocks) * 2 // 8, "reduce_scatter": PSI * 2}
+        "all_gather": (N_GPT2 + blocks) * 2 // 8, "reduce_scatter": N_GPT2 * 2}
 
 
 def test_calculator_rejects_impossible_input():
@@ -162,9 +163,9 @@ def test_ddp_tp_fsdp_bytes_and_memory_equal_the_formulas():
     r = run_torchrun_json(ROOT / "ch04_distributed" / "compare_demo.py", "--steps", "1", "--n-layer", "2",
                           "--n-embd", "64", "--vocab", "256", "--seq-len", "16", nproc=2, timeout=240, cwd=ROOT)
     config = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=4, n_embd=64)
-    psi = num_parameters(config)
+    N = num_parameters(config)
     s = r["strategies"]
-    assert s["ddp"]["bytes_per_step"] == {"all_reduce": 4 * psi}                     # every fp32 gradient once
+    assert s["ddp"]["bytes_per_step"] == {"all_reduce": 4 * N}                     # every fp32 gradient once
     assert s["tp"]["bytes_per_step"] == {"all_reduce": 4 * config.n_layer * 8 * 16 * 64 * 4}   # 4L x BTC x 4
     assert s["fsdp"]["bytes_per_step"] == sharded.fsdp_bytes_per_step(config, 2)
     for name, calc in (("ddp", "ddp"), ("tp", "tp"), ("fsdp", "zero3")):
@@ -176,17 +177,17 @@ def test_ddp_tp_fsdp_bytes_and_memory_equal_the_formulas():
 
 def test_zero1_from_scratch_equals_single_process_and_shards_the_optimizer():
     r = fsdp_demo(2, "--strategy", "zero1", "--steps", "4")
-    psi, n = num_parameters(SMALL), 2
+    N, p = num_parameters(SMALL), 2
     assert r["trained_diff"] <= TRAIN_TOL
     assert max(abs(a - b) for a, b in zip(r["losses"], r["reference_losses"])) <= TRAIN_TOL
-    shard = math.ceil(psi / n)
+    shard = math.ceil(N / p)
     for m in r["memory_per_rank"]:
-        assert m == {"weights": 4 * psi, "gradients": 4 * psi, "optimizer": 8 * shard}    # m and v of the shard only
+        assert m == {"weights": 4 * N, "gradients": 4 * N, "optimizer": 8 * shard}    # m and v of the shard only
     assert r["master_shard_bytes"] == 4 * shard
-    # with the fp32 shard, the optimizer holds the calculator's ZeRO-1 figure for mixed precision: 12 bytes/param/N
-    assert 8 * shard + r["master_shard_bytes"] == sharded.model_state_bytes(SMALL, "zero1", n)["optimizer"]
+    # with the fp32 shard, the optimizer holds the calculator's ZeRO-1 figure for mixed precision: 12 N / p bytes
+    assert 8 * shard + r["master_shard_bytes"] == sharded.model_state_bytes(SMALL, "zero1", p)["optimizer"]
     # DDP's all-reduce in two halves, plus one number for the clipping norm
-    assert r["comm_per_step"]["bytes"] == {"reduce_scatter": 4 * n * shard, "all_gather": 4 * shard, "all_reduce": 4}
+    assert r["comm_per_step"]["bytes"] == {"reduce_scatter": 4 * p * shard, "all_gather": 4 * shard, "all_reduce": 4}
 
 
 def test_zero1_needs_a_group():
@@ -194,18 +195,35 @@ def test_zero1_needs_a_group():
         sharded.ZeRO1AdamW(GPT(SMALL).parameters(), None, lr=1e-3)
 
 
+def test_zero1_shards_hold_every_value_once_with_zero_padding_and_copy_back():
+    # No process group needed: the layout _flat_shards gives each of p = 3 ranks, laid end to end, is every parameter
+    # group flattened (134,912 values do not divide by 3: zero padding at the end), options kept per group.
+    model, p = GPT(SMALL), 3
+    groups = parameter_groups(model, weight_decay=0.1)
+    layouts = [sharded._flat_shards(groups, p, rank) for rank in range(p)]
+    for g, group in enumerate(groups):
+        values = torch.cat([q.detach().reshape(-1) for q in group["params"]])
+        joined = torch.cat([flat_groups[g][2].detach() for flat_groups, _ in layouts])
+        assert joined.numel() == p * math.ceil(values.numel() / p)
+        assert torch.equal(joined[:values.numel()], values) and not joined[values.numel():].any()
+        assert all(shard_groups[g]["weight_decay"] == group["weight_decay"] for _, shard_groups in layouts)
+        copy = [torch.empty_like(q) for q in group["params"]]
+        sharded._copy_into(copy, joined)                        # all-gather's result, back into the parameters
+        assert all(torch.equal(c, q) for c, q in zip(copy, group["params"]))
+
+
 def test_zero1_pads_shards_when_the_ranks_do_not_divide_the_parameters():
-    n, psi = 3, num_parameters(SMALL)
-    assert psi % n != 0                                       # 134,912 = 3 x 44,970 + 2: the last shard is padded
-    r = fsdp_demo(n, "--strategy", "zero1", "--steps", "3", "--batch", "6")
+    p, N = 3, num_parameters(SMALL)
+    assert N % p != 0                                       # 134,912 = 3 x 44,970 + 2: the last shard is padded
+    r = fsdp_demo(p, "--strategy", "zero1", "--steps", "3", "--batch", "6")
     # The averaged gradients agree with one process to 6e-8 (measured once), but some gradients are ~1e-8, where
     # Adam's first step, lr * g / (|g| + 1e-8), turns that rounding into up to ~2e-4 of weight: a looser bound here.
     # A misplaced shard would be off by the whole learning rate (3e-3) or wreck the loss.
     assert r["trained_diff"] <= 1e-3
     assert max(abs(a - b) for a, b in zip(r["losses"], r["reference_losses"])) <= TRAIN_TOL
-    shard = math.ceil(psi / n)
+    shard = math.ceil(N / p)
     assert all(m["optimizer"] == 8 * shard for m in r["memory_per_rank"])
-    assert r["comm_per_step"]["bytes"]["reduce_scatter"] == 4 * n * shard
+    assert r["comm_per_step"]["bytes"]["reduce_scatter"] == 4 * p * shard
 
 
 def test_a_failed_demo_run_raises_with_the_scripts_one_line_error():

@@ -2,7 +2,7 @@
 # Edit the notebook's `#| export` cells instead, then run `make export` (python -m shared.export).
 # ---- ch04_distributed/06_sharded_data_parallel.ipynb
 """Sharded data parallelism: a memory calculator for DDP, ZeRO-1/2/3 and tensor parallelism, FSDP2 with our GPT,
-its communication formula, and sharded checkpoints with torch.distributed.checkpoint (chapter 4, notebook 06)."""
+its communication formula, and sharded checkpoints with torch.distributed.checkpoint (notebook 4.06)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +19,7 @@ from torch.distributed.fsdp import fully_shard
 
 from shared.memory import korthikanti_bytes_per_layer
 from shared.model import GPT, GPTConfig, num_parameters, parameter_breakdown
+from shared.parallel.tensor import check_tensor_parallel_degree
 
 # Bytes per parameter: (weights, gradients, optimizer states).
 PRECISIONS = {
@@ -37,25 +38,25 @@ def tensor_parallel_split_parameters(config: GPTConfig) -> int:
 
 
 def model_state_bytes(config: GPTConfig, strategy: str, ranks: int, precision: str = "mixed") -> dict[str, int]:
-    """Bytes of weights, gradients and optimizer states on one rank (the largest shard, when N does not divide)."""
+    """Bytes of weights, gradients and optimizer states on one rank (the largest shard, when p does not divide N).
+
+    ranks: p, the data-parallel ranks, or the tensor-parallel degree for strategy="tp"."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {tuple(PRECISIONS)}")
     if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
         raise ValueError(f"ranks must be a positive integer, got {ranks!r}")
-    psi, w, g, o = num_parameters(config), *PRECISIONS[precision]
-    shard = math.ceil(psi / ranks)
+    N, w, g, o = num_parameters(config), *PRECISIONS[precision]
+    shard = math.ceil(N / ranks)
     if strategy == "tp":
-        if config.n_head % ranks:
-            raise ValueError(f"tensor parallelism over {ranks} ranks needs n_head divisible by {ranks}; "
-                             f"this model has n_head={config.n_head}")
+        check_tensor_parallel_degree(config, ranks)     # every rank needs whole heads
         split = tensor_parallel_split_parameters(config)
-        local = psi - split + split // ranks
+        local = N - split + split // ranks
         return {"weights": w * local, "gradients": g * local, "optimizer": o * local}
-    return {"weights": w * (shard if strategy == "zero3" else psi),
-            "gradients": g * (shard if strategy in ("zero2", "zero3") else psi),
-            "optimizer": o * (psi if strategy == "ddp" else shard)}
+    return {"weights": w * (shard if strategy == "zero3" else N),
+            "gradients": g * (shard if strategy in ("zero2", "zero3") else N),
+            "optimizer": o * (N if strategy == "ddp" else shard)}
 
 
 # ---- ch04_distributed/06_sharded_data_parallel.ipynb
@@ -105,67 +106,99 @@ class ZeRO1AdamW:
         loss.backward(); opt.step(); opt.zero_grad()
 
     params: parameters or torch-style groups [{"params": [...], "weight_decay": 0.1}, ...].
-    max_grad_norm: clip the averaged gradient's global norm (the shards' norms, all-reduced) before the update."""
+    max_grad_norm: clip the averaged gradient's global norm (the shards' norms, all-reduced) before the update.
+    The next cells add the flat, padded shards (_flat_shards), clipping, zero_grad, state and shard_bytes."""
 
     def __init__(self, params, group: dist.ProcessGroup, max_grad_norm: float | None = None, **adamw_options):
-        if group is None:
-            raise ValueError("pass the data-parallel process group explicitly (e.g. ctx.group), not None")
+        _check_group(group)
         self.group, self.world, self.rank = group, dist.get_world_size(group), dist.get_rank(group)
         self.max_grad_norm, self.last_grad_norm = max_grad_norm, None
-        groups = list(params)
-        groups = groups if groups and isinstance(groups[0], dict) else [{"params": groups}]
-        self.flat_groups, shard_groups = [], []
-        for g in groups:
-            ps = [p for p in g["params"] if p.requires_grad]
-            numel = sum(p.numel() for p in ps)
-            size = -(-numel // self.world)                               # ceil: the last shard is padded
-            flat = torch.zeros(size * self.world, dtype=torch.float32, device=ps[0].device)
-            torch.cat([p.detach().reshape(-1).float() for p in ps], out=flat[:numel])
-            shard = flat[self.rank * size:(self.rank + 1) * size].clone().requires_grad_(True)
-            self.flat_groups.append((ps, numel, size, shard))
-            shard_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": [shard]})
+        # per parameter group: (its parameters, the shard size, this rank's fp32 shard of their values)
+        self.flat_groups, shard_groups = _flat_shards(params, self.world, self.rank)
         self.inner = torch.optim.AdamW(shard_groups, **adamw_options)    # m and v exist for the shards only
 
     @torch.no_grad()
     def step(self) -> None:
-        for ps, numel, size, shard in self.flat_groups:
-            grads = torch.zeros(size * self.world, dtype=torch.float32, device=shard.device)
-            torch.cat([p.grad.reshape(-1).float() for p in ps], out=grads[:numel])
+        for ps, size, shard in self.flat_groups:        # 1. reduce-scatter: the sum of my shard's gradients ...
+            grads = _flatten([p.grad for p in ps], size * self.world)
             shard.grad = torch.empty_like(shard)
-            dist.reduce_scatter_single(shard.grad, grads, group=self.group)   # the sum of my shard's gradients
-            shard.grad /= self.world                                     # ... averaged, as DDP does
+            dist.reduce_scatter_single(shard.grad, grads, group=self.group)
+            shard.grad /= self.world                    # ... averaged, as DDP does
         if self.max_grad_norm is not None:
             self._clip()
-        self.inner.step()
-        for ps, numel, size, shard in self.flat_groups:
+        self.inner.step()                               # 2. AdamW on my shard only
+        for ps, size, shard in self.flat_groups:        # 3. all-gather every rank's updated shard
             flat = torch.empty(size * self.world, dtype=torch.float32, device=shard.device)
-            dist.all_gather_single(flat, shard.detach(), group=self.group)     # every rank's updated shard
-            offset = 0
-            for p in ps:
-                p.copy_(flat[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
+            dist.all_gather_single(flat, shard.detach(), group=self.group)
+            _copy_into(ps, flat)
 
-    def _clip(self) -> None:
-        squares = sum(shard.grad.pow(2).sum() for *_, shard in self.flat_groups)
-        dist.all_reduce(squares, group=self.group)                       # the norm of the whole gradient
-        self.last_grad_norm = squares.sqrt()
-        scale = (self.max_grad_norm / (self.last_grad_norm + 1e-6)).clamp(max=1.0)   # torch's rule
-        for *_, shard in self.flat_groups:
-            shard.grad.mul_(scale)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for ps, *_ in self.flat_groups:
-            for p in ps:
-                p.grad = None if set_to_none else (p.grad.zero_() if p.grad is not None else None)
+# ---- ch04_distributed/06_sharded_data_parallel.ipynb
+def _check_group(group) -> None:
+    if group is None:     # None would mean every rank, wrong as soon as some ranks split the model instead
+        raise ValueError("pass the data-parallel process group explicitly (e.g. ctx.group), not None")
 
-    @property
-    def state(self):
-        """The optimizer state this rank holds (m and v of its shards), as torch optimizers expose it."""
-        return self.inner.state
 
-    def shard_bytes(self) -> int:
-        """This rank's fp32 copy of its shards of the weights (the master weights of mixed precision)."""
-        return sum(shard.numel() * shard.element_size() for *_, shard in self.flat_groups)
+def _flatten(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
+    """The tensors end to end as one fp32 vector, zero-padded to `length`."""
+    flat = torch.zeros(length, dtype=torch.float32, device=tensors[0].device)
+    torch.cat([t.reshape(-1).float() for t in tensors], out=flat[:sum(t.numel() for t in tensors)])
+    return flat
+
+
+def _copy_into(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    """The inverse of _flatten: copy consecutive pieces of `flat` into the parameters (the padding is left out)."""
+    offset = 0
+    for p in params:
+        p.copy_(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def _flat_shards(params, world: int, rank: int) -> tuple[list[tuple], list[dict]]:
+    """Per parameter group (params, shard size, this rank's fp32 shard as a leaf tensor), and the groups of
+    shards for the inner AdamW, each with its group's options."""
+    groups = list(params)
+    groups = groups if groups and isinstance(groups[0], dict) else [{"params": groups}]
+    flat_groups, shard_groups = [], []
+    for g in groups:
+        ps = [p for p in g["params"] if p.requires_grad]
+        size = -(-sum(p.numel() for p in ps) // world)                   # ceil: the last shard is padded
+        flat = _flatten([p.detach() for p in ps], size * world)
+        shard = flat[rank * size:(rank + 1) * size].clone().requires_grad_(True)
+        flat_groups.append((ps, size, shard))
+        shard_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": [shard]})
+    return flat_groups, shard_groups
+
+
+# ---- ch04_distributed/06_sharded_data_parallel.ipynb
+def _clip(self: ZeRO1AdamW) -> None:
+    """Scale the shards' gradients so that the whole averaged gradient's norm is at most max_grad_norm."""
+    squares = sum(shard.grad.pow(2).sum() for *_, shard in self.flat_groups)
+    dist.all_reduce(squares, group=self.group)                       # the norm of the whole gradient
+    self.last_grad_norm = squares.sqrt()
+    scale = (self.max_grad_norm / (self.last_grad_norm + 1e-6)).clamp(max=1.0)   # torch's rule
+    for *_, shard in self.flat_groups:
+        shard.grad.mul_(scale)
+
+
+def _zero_grad(self: ZeRO1AdamW, set_to_none: bool = True) -> None:
+    for ps, *_ in self.flat_groups:
+        for p in ps:
+            p.grad = None if set_to_none else (p.grad.zero_() if p.grad is not None else None)
+
+
+def _state(self: ZeRO1AdamW) -> dict:
+    """The optimizer state this rank holds (m and v of its shards), as torch optimizers expose it."""
+    return self.inner.state
+
+
+def _shard_bytes(self: ZeRO1AdamW) -> int:
+    """This rank's fp32 copy of its shards of the weights (the master weights of mixed precision)."""
+    return sum(shard.numel() * shard.element_size() for *_, shard in self.flat_groups)
+
+
+ZeRO1AdamW._clip, ZeRO1AdamW.zero_grad = _clip, _zero_grad    # methods, added here so the class shows the idea
+ZeRO1AdamW.state, ZeRO1AdamW.shard_bytes = property(_state), _shard_bytes
 
 
 # ---- ch04_distributed/06_sharded_data_parallel.ipynb
@@ -183,10 +216,10 @@ def fsdp_bytes_per_step(config: GPTConfig, ranks: int, bytes_per_value: int = 4)
     """Payload per rank and step of shard_fsdp: all-gathers send this rank's shard of every block twice (forward,
     and backward after the block was freed) and of the root once; the reduce-scatters take the full gradients.
     Exact when every parameter's first dimension divides by `ranks` (FSDP2 pads otherwise)."""
-    psi = num_parameters(config)
+    N = num_parameters(config)
     parts = parameter_breakdown(config)
     blocks = parts["attention"] + parts["mlp"] + parts["norms"] * 2 * config.n_layer // (2 * config.n_layer + 1)
-    return {"all_gather": (psi + blocks) * bytes_per_value // ranks, "reduce_scatter": psi * bytes_per_value}
+    return {"all_gather": (N + blocks) * bytes_per_value // ranks, "reduce_scatter": N * bytes_per_value}
 
 
 def local_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
