@@ -183,7 +183,7 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[tuple[torch.Tenso
     device = batches[0][0].device
     counts = torch.tensor([float((y != IGNORE_INDEX).sum()) for _, y in batches], dtype=torch.float64)
     total = counts.sum()
-    if group is not None:                               # N: target tokens of the whole step, all ranks
+    if group is not None:                               # n: target tokens of the whole step, all ranks
         total = _all_reduce_on(device, total, group)
     # The loss sum stays on the device until the end: reading it after every micro-batch would make the CPU wait
     # for the GPU each time and leave the GPU idle while the next forward pass is being launched.

@@ -2,7 +2,7 @@
 # Edit the notebook's `#| export` cells instead, then run `make export` (python -m shared.export).
 # ---- ch04_distributed/06_sharded_data_parallel.ipynb
 """Sharded data parallelism: a memory calculator for DDP, ZeRO-1/2/3 and tensor parallelism, FSDP2 with our GPT,
-its communication formula, and sharded checkpoints with torch.distributed.checkpoint (notebook 4.06)."""
+its communication formula, and sharded checkpoints with torch.distributed.checkpoint (chapter 4, notebook 06)."""
 from __future__ import annotations
 
 import math
