@@ -1,13 +1,16 @@
 """Chat with a checkpoint in the browser: a Gradio app with streamed tokens and chapter 3's sampling controls.
 
     python ch05_evaluation/chat_app.py --checkpoint ch05_evaluation/runs/sft/full \
-        --tokenizer ch05_evaluation/runs/sft/tokenizer.json
+        --tokenizer ch05_evaluation/runs/final-laptop/data/tokenizer.json
     python ch05_evaluation/chat_app.py --checkpoint ch05_evaluation/runs/sft/base \
-        --adapter ch05_evaluation/runs/sft/lora.safetensors --tokenizer ch05_evaluation/runs/sft/tokenizer.json
+        --adapter ch05_evaluation/runs/sft/lora.safetensors \
+        --tokenizer ch05_evaluation/runs/final-laptop/data/tokenizer.json
 
-Serves any of our checkpoints (a file or a run folder; chapter 4's training runs, notebook 08's tuned models), with
-or without a LoRA adapter (notebook 06). A tokenizer that has notebook 08's section tokens gets the instruction
-format, earlier turns packed before the new one as in training; any other model continues the text it is given.
+Serves any of our checkpoints (a file or a run folder; chapter 4's training runs, notebook 05's base model, notebook
+08's tuned models), with or without a LoRA adapter (notebook 06). A tuned model has rows for notebook 08's section
+tokens; its base tokenizer file (notebook 05's) lacks them, so the app adds them with the same ids notebook 08 gave
+them. Such a model gets the instruction format, earlier turns packed before the new one as in training; any other
+model continues the text it is given.
 It binds to 127.0.0.1 unless --host says otherwise, caps the prompt (tokens) and the generation (seconds), and
 answers bad input (an empty or too long message, invalid settings) with a message in the chat. A missing or
 broken checkpoint, tokenizer or adapter stops it at start-up with one line. Library code: shared/sft.py

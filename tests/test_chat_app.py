@@ -31,10 +31,12 @@ APP = ROOT / "ch05_evaluation" / "chat_app.py"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A small tuned-model layout as notebook 08 writes it: tokenizer, extended base, a LoRA adapter."""
+    """A small tuned-model layout as notebook 08 writes it: extended base, a LoRA adapter; the tokenizer both as
+    notebook 05 saves it (base_tokenizer.json, no section tokens) and extended (tokenizer.json)."""
     folder = tmp_path_factory.mktemp("sft")
     text = next(d.text for d in load("python_source") if d.id == "textwrap.py")
     tokenizer = BPETokenizer.train(text, 300)
+    tokenizer.save(folder / "base_tokenizer.json")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32))
     tokenizer = add_special_tokens(model, tokenizer)
@@ -199,6 +201,23 @@ def test_startup_errors_are_one_line(case, served, tmp_path, capsys):
     assert _load_app_module().main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("chat_app.py: error: ") and expected in err, err
+
+
+def test_a_tokenizer_file_without_the_section_tokens_gets_the_ids_the_model_was_tuned_with(served):
+    """Notebook 08's commands serve with notebook 05's tokenizer file, which lacks the section tokens: the app adds
+    them with the same ids add_special_tokens gave the tuned model, and uses the instruction format."""
+    from shared.bpe import get_encoding
+    from shared.sft import SFT_TOKENS, special_tokens
+    app = _load_app_module()
+    base_file, extended_file = served / "base_tokenizer.json", served / "tokenizer.json"
+    assert not set(SFT_TOKENS) & set(special_tokens(get_encoding(str(base_file))))
+    args = app.parse_args(["--checkpoint", str(served / "base"), "--tokenizer", str(base_file), "--device", "cpu"])
+    try:
+        model, tokenizer, chat_format = app.load_assistant(args)
+    finally:
+        torch.set_grad_enabled(True)                 # load_assistant switches gradients off for the serving process
+    assert chat_format == "sft" and tokenizer.n_vocab == model.config.vocab_size
+    assert special_tokens(tokenizer) == special_tokens(get_encoding(str(extended_file)))
 
 
 # ---------------------------------------------------------------- the prompt: earlier turns packed before the new one
