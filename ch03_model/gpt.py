@@ -39,15 +39,13 @@ def build_model(args) -> GPT:
 
 # ---------------------------------------------------------------------------------------------- generate
 def cmd_generate(args) -> int:
-    from shared.bpe import get_encoding
+    from shared.bpe import check_tokenizer_fits, get_encoding
     from shared.generation import generate, stream_text, stream_tokens
 
     device = pick_device(args.device)
     model = build_model(args).to(device).eval()
     enc = get_encoding(args.tokenizer)
-    if enc.n_vocab > model.config.vocab_size:
-        raise SystemExit(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}: "
-                         "pass the tokenizer the model was trained with (--tokenizer PATH)")
+    check_tokenizer_fits(enc, model.config.vocab_size)
     eot = enc.eot_token
     prompt = enc.encode(args.prompt, allowed_special="all") if args.prompt else [eot]
     if not prompt:

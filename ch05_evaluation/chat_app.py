@@ -56,11 +56,11 @@ def load_assistant(args: argparse.Namespace):
     """(model, tokenizer, format) from the command line; StartupError with one line for anything wrong."""
     import torch
 
-    from shared.bpe import TokenizerFileError, get_encoding
+    from shared.bpe import TokenizerFileError, check_tokenizer_fits, get_encoding, vocab_size_of
     from shared.checkpoint import CheckpointError, load_model
     from shared.device import pick_device
     from shared.lora import LoRAFileError, load_lora, merge_lora
-    from shared.sft import SFT_TOKENS, extend_tokenizer, special_tokens, vocab_size_of
+    from shared.sft import SFT_TOKENS, extend_tokenizer, special_tokens
 
     if args.max_seconds <= 0 or args.max_new_tokens < 1 or args.max_new_tokens_cap < args.max_new_tokens:
         raise StartupError("need --max-seconds > 0 and 1 <= --max-new-tokens <= --max-new-tokens-cap")
@@ -74,9 +74,10 @@ def load_assistant(args: argparse.Namespace):
         raise StartupError(str(e)) from None
     if vocab_size_of(tokenizer) < model.config.vocab_size and not set(SFT_TOKENS) <= set(special_tokens(tokenizer)):
         tokenizer = extend_tokenizer(tokenizer)        # a tuned model's extra rows: the same ids notebook 08 gave
-    if vocab_size_of(tokenizer) > model.config.vocab_size:
-        raise StartupError(f"{args.tokenizer}: {vocab_size_of(tokenizer):,} tokens, but the model has only "
-                           f"{model.config.vocab_size:,} rows: not this model's tokenizer")
+    try:
+        check_tokenizer_fits(tokenizer, model.config.vocab_size)
+    except ValueError as e:
+        raise StartupError(f"{args.tokenizer}: {e}") from None
     if args.adapter:
         try:
             load_lora(model, args.adapter)

@@ -104,12 +104,6 @@ def load_model(args):
     return GPT(GPTConfig.from_preset(args.random)), f"random {args.random} (seed 0)"
 
 
-def check_fit(model, tokenizer) -> None:
-    if tokenizer.n_vocab > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.n_vocab} tokens but the model's vocab_size is "
-                         f"{model.config.vocab_size}: pass the --tokenizer the model was trained with")
-
-
 def run_ppl(model, tokenizer, args) -> dict:
     from shared.evals.perplexity import evaluate_perplexity
     from shared.registry import load
@@ -154,7 +148,7 @@ def run_humaneval(model, tokenizer, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from shared.bpe import get_encoding
+    from shared.bpe import check_tokenizer_fits, get_encoding
     from shared.device import pick_device
     from shared.files import FileFormatError, write_versioned_json
     from shared.registry import SourceUnavailable
@@ -167,7 +161,7 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         model, source = load_model(args)
         tokenizer = get_encoding(args.tokenizer)
-        check_fit(model, tokenizer)
+        check_tokenizer_fits(tokenizer, model.config.vocab_size)
         model = model.to(device).eval()
         runners = {"ppl": run_ppl, "mmlu": run_mmlu, "humaneval": run_humaneval}
         tasks = {}

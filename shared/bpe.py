@@ -443,3 +443,15 @@ def get_encoding(spec: str | Path):
     if not Path(spec).exists():
         raise TokenizerFileError(f"{spec}: no such tokenizer file (use \"gpt2\" or the path of a saved BPE file)")
     return BPETokenizer.load(spec).to_tiktoken()
+
+
+def vocab_size_of(tokenizer) -> int:
+    """How many ids a tokenizer can produce (special tokens included): ours or a tiktoken.Encoding."""
+    return tokenizer.vocab_size if isinstance(tokenizer, BPETokenizer) else tokenizer.n_vocab
+
+
+def check_tokenizer_fits(tokenizer, model_vocab_size: int) -> None:
+    """A model reads a tokenizer's ids only if its embedding has a row for each: ValueError otherwise."""
+    if vocab_size_of(tokenizer) > model_vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size_of(tokenizer):,} tokens but the model only "
+                         f"{model_vocab_size:,} rows: pass the tokenizer the model was trained with")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.bpe import ENDOFTEXT, BPETokenizer
+from shared.bpe import ENDOFTEXT, BPETokenizer, vocab_size_of
 from shared.generation import generate_batch, stream_text, stream_tokens
 from shared.training import IGNORE_INDEX, WarmupCosine, accumulate_gradients, parameter_groups
 
@@ -145,10 +145,6 @@ def special_tokens(tokenizer) -> dict[str, int]:
     if isinstance(tokenizer, BPETokenizer):
         return dict(tokenizer.special_tokens)
     return dict(tokenizer._special_tokens)      # tiktoken documents this field for building extended encodings
-
-
-def vocab_size_of(tokenizer) -> int:
-    return tokenizer.vocab_size if isinstance(tokenizer, BPETokenizer) else tokenizer.n_vocab
 
 
 def extend_tokenizer(tokenizer, names: Iterable[str] = SFT_TOKENS):

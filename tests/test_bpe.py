@@ -409,3 +409,15 @@ def test_duplicate_tokens_are_refused_where_they_would_be_ambiguous(tmp_path):
         tok.to_tiktoken()
     with pytest.raises(ValueError, match="does not exist yet"):
         BPETokenizer([(97, 300)])
+
+
+def test_a_tokenizer_fits_a_model_with_a_row_for_each_of_its_ids(trained):
+    """Ours and its tiktoken twin count the same ids, special tokens included; one row short is refused."""
+    from shared.bpe import check_tokenizer_fits, vocab_size_of
+    fast = trained.to_tiktoken()
+    assert vocab_size_of(trained) == vocab_size_of(fast) == max(trained.special_tokens.values()) + 1
+    for tokenizer in (trained, fast):
+        check_tokenizer_fits(tokenizer, vocab_size_of(trained))          # exactly enough rows
+        check_tokenizer_fits(tokenizer, vocab_size_of(trained) + 64)     # padded embeddings are fine
+        with pytest.raises(ValueError, match="pass the tokenizer the model was trained with"):
+            check_tokenizer_fits(tokenizer, vocab_size_of(trained) - 1)

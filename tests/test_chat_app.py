@@ -183,7 +183,8 @@ def _load_app_module():
 def test_startup_errors_are_one_line(case, served, tmp_path, capsys):
     args = ["--checkpoint", str(served / "base"), "--tokenizer", str(served / "tokenizer.json")]
     expected = {"missing checkpoint": "no such checkpoint", "corrupt checkpoint": "not a torch.save archive",
-                "corrupt adapter": "corrupt LoRA adapter file", "wrong tokenizer": "not this model's tokenizer",
+                "corrupt adapter": "corrupt LoRA adapter file",
+                "wrong tokenizer": "pass the tokenizer the model was trained with",
                 "bad port": "--port must be in"}[case]
     if case == "missing checkpoint":
         args[1] = str(tmp_path / "nothing.pt")

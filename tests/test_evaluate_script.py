@@ -55,7 +55,7 @@ def test_a_checkpoint_that_does_not_fit_the_tokenizer_is_one_error_line(tmp_path
     save_checkpoint(tmp_path / "run", model=model, step=1)
     result = run("--checkpoint", str(tmp_path / "run"), "--tasks", "ppl", "--out", str(tmp_path / "r.json"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "tokenizer has 50257 tokens but the model's vocab_size is 1024" in result.stderr
+    assert "tokenizer has 50,257 tokens but the model only 1,024 rows" in result.stderr
     assert not (tmp_path / "r.json").exists()
 
 
