@@ -19,6 +19,7 @@ from torch.distributed.fsdp import fully_shard
 
 from shared.memory import korthikanti_bytes_per_layer
 from shared.model import GPT, GPTConfig, num_parameters, parameter_breakdown
+from shared.parallel.data import group_size
 from shared.parallel.tensor import check_tensor_parallel_degree
 
 # Bytes per parameter: (weights, gradients, optimizer states).
@@ -110,8 +111,7 @@ class ZeRO1AdamW:
     The next cells add the flat, padded shards (_flat_shards), clipping, zero_grad, state and shard_bytes."""
 
     def __init__(self, params, group: dist.ProcessGroup, max_grad_norm: float | None = None, **adamw_options):
-        _check_group(group)
-        self.group, self.world, self.rank = group, dist.get_world_size(group), dist.get_rank(group)
+        self.group, self.world, self.rank = group, group_size(group), dist.get_rank(group)   # group_size refuses None
         self.max_grad_norm, self.last_grad_norm = max_grad_norm, None
         # per parameter group: (its parameters, the shard size, this rank's fp32 shard of their values)
         self.flat_groups, shard_groups = _flat_shards(params, self.world, self.rank)
@@ -134,11 +134,6 @@ class ZeRO1AdamW:
 
 
 # ---- ch04_distributed/06_sharded_data_parallel.ipynb
-def _check_group(group) -> None:
-    if group is None:     # None would mean every rank, wrong as soon as some ranks split the model instead
-        raise ValueError("pass the data-parallel process group explicitly (e.g. ctx.group), not None")
-
-
 def _flatten(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
     """The tensors end to end as one fp32 vector, zero-padded to `length`."""
     flat = torch.zeros(length, dtype=torch.float32, device=tensors[0].device)
